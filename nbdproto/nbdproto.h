@@ -1,0 +1,264 @@
+/* nbdfs: the NBD client protocol module, public interface.
+ *
+ * nbdproto knows nothing of FUSE.  It parses NBD URIs, opens a transport,
+ * negotiates an export (handshake), and then runs the transmission phase
+ * on a connection with many commands in flight.
+ *
+ * Error convention (see HACKING.md): a function that can fail returns 0
+ * (or a non-negative count) on success and a negative errno on failure;
+ * when it was given a GError **, it has also set it with a message that
+ * reads "operation: object: cause".  The GError's domain is NBDPROTO_ERROR
+ * and its code the positive errno.
+ *
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+#ifndef NBDFS_NBDPROTO_H
+#define NBDFS_NBDPROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include <glib.h>
+
+#include "nbd-wire.h"
+
+#define NBDPROTO_ERROR nbdproto_error_quark()
+GQuark nbdproto_error_quark(void);
+
+/* Sets *error (if error is not NULL) to a message built from fmt, with the
+ * positive errno err as its code, and returns -err. */
+int nbd_set_error(GError **error, int err, const char *fmt, ...)
+  G_GNUC_PRINTF(3, 4);
+
+/* ---- URIs (uri.c) ------------------------------------------------------ */
+
+enum nbd_tls_policy {
+  NBD_TLS_OFF,
+  NBD_TLS_PREFER,
+  NBD_TLS_REQUIRE,
+};
+
+struct nbd_uri {
+  char *scheme;          /* "nbd", "nbds", "nbd+unix" or "nbds+unix" */
+  bool tls_required;     /* the scheme is nbds or nbds+unix (U2) */
+  bool is_unix;          /* the scheme is a +unix one */
+  char *host;            /* TCP: name or address, IPv6 without brackets */
+  char *port;            /* TCP: port, "10809" when absent (U7) */
+  char *socket_path;     /* +unix: the socket= parameter (U10) */
+  char *user;            /* userinfo, or NULL (U8) */
+  char *export_name;     /* decoded path without its leading '/' (U9) */
+
+  /* TLS query parameters, NULL when absent. */
+  char *tls_certificates;
+  char *tls_psk_file;
+  char *tls_username;
+  char *tls_hostname;
+  char *tls_priority;
+  char *tls_type;        /* "anon", "x509" or "psk" (U11) */
+  int tls_verify_peer;   /* -1 when absent, else 0 or 1 (U13) */
+};
+
+/* Parses text into a new struct nbd_uri.  Returns 0, or -EINVAL with a
+ * message naming the URI (without secrets) and what is wrong. */
+int nbd_uri_parse(const char *text, struct nbd_uri **out, GError **error);
+void nbd_uri_free(struct nbd_uri *uri);
+
+/* A newly allocated string that names where the URI points, for
+ * messages: "host:port", "[v6]:port" or the socket path. */
+char *nbd_uri_endpoint(const struct nbd_uri *uri);
+
+/* A newly allocated canonical form of the URI that is safe to show: it
+ * carries no file contents and no key material. */
+char *nbd_uri_display(const struct nbd_uri *uri);
+
+typedef struct nbd_uri nbd_uri;
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(nbd_uri, nbd_uri_free)
+
+/* ---- Transport (transport.c) ------------------------------------------ */
+
+/* A byte stream to one server: a plain socket, later TLS over it.  All
+ * protocol code reads and writes through these functions only. */
+struct nbd_transport;
+
+/* Connects to the URI's endpoint (TCP with TCP_NODELAY and keepalive, or
+ * a Unix socket). */
+int nbd_transport_connect(const struct nbd_uri *uri,
+                          struct nbd_transport **out, GError **error);
+
+/* Wraps an already connected file descriptor (tests, socketpairs).  The
+ * transport owns fd from now on. */
+struct nbd_transport *nbd_transport_new_fd(int fd, const char *name);
+
+/* Reads exactly len bytes.  Returns 0, -ECONNRESET on end of stream, or
+ * another negative errno. */
+int nbd_transport_read(struct nbd_transport *t, void *buf, size_t len,
+                       GError **error);
+
+/* Reads at most len bytes, at least one.  Returns the count, 0 at end of
+ * stream, or a negative errno. */
+ssize_t nbd_transport_read_some(struct nbd_transport *t, void *buf,
+                                size_t len, GError **error);
+
+/* Writes all of iov.  Returns 0 or a negative errno. */
+int nbd_transport_writev(struct nbd_transport *t, struct iovec *iov,
+                         int iovcnt, GError **error);
+int nbd_transport_write(struct nbd_transport *t, const void *buf,
+                        size_t len, GError **error);
+
+/* Number of bytes already received and buffered below the reader, which
+ * a poll() on the socket would not see. */
+size_t nbd_transport_pending(struct nbd_transport *t);
+
+/* Stops both directions so that a blocked reader returns.  Safe to call
+ * from any thread, more than once. */
+void nbd_transport_shutdown(struct nbd_transport *t);
+void nbd_transport_free(struct nbd_transport *t);
+const char *nbd_transport_name(const struct nbd_transport *t);
+int nbd_transport_fd(const struct nbd_transport *t);
+
+/* ---- Handshake (handshake.c) ------------------------------------------ */
+
+struct nbd_handshake_opts {
+  const char *export_name;   /* "" selects the default export */
+  enum nbd_tls_policy tls;
+  bool no_structured;        /* do not ask for structured replies */
+  bool no_block_status;      /* do not ask for base:allocation */
+};
+
+struct nbd_export_info {
+  uint64_t size;
+  uint16_t tflags;           /* transmission flags, V9 applied */
+  uint16_t gflags;           /* the server's handshake flags */
+  uint32_t min_block;        /* effective values: advertised or S4 */
+  uint32_t pref_block;
+  uint32_t max_payload;
+  bool block_size_advertised;
+  char *name;                /* canonical name if the server sent one */
+  char *description;         /* NULL when the server sent none */
+  bool structured;           /* structured replies are on */
+  bool block_status;         /* base:allocation was selected */
+  uint32_t alloc_ctx_id;
+  bool export_name_fallback; /* GO was unsupported (H21) */
+  bool tls;
+};
+
+void nbd_export_info_clear(struct nbd_export_info *info);
+
+/* Negotiates o->export_name on t and enters transmission (GO, or
+ * EXPORT_NAME where GO is unsupported).  On failure the session has
+ * been ended softly where the rules allow (D1) and t may be freed. */
+int nbd_handshake_go(struct nbd_transport *t,
+                     const struct nbd_handshake_opts *o,
+                     struct nbd_export_info *info, GError **error);
+
+struct nbd_export_entry {
+  char *name;
+  char *description;         /* "" when the server sent none */
+};
+
+/* Lists the server's exports (NBD_OPT_LIST) into a new GPtrArray of
+ * struct nbd_export_entry (freed with the array), then ends the session
+ * with NBD_OPT_ABORT.  At most max_entries entries are kept; a server
+ * that sends more fails with -E2BIG. */
+int nbd_handshake_list(struct nbd_transport *t,
+                       const struct nbd_handshake_opts *o,
+                       size_t max_entries, GPtrArray **out,
+                       GError **error);
+
+/* ---- Connection: the transmission phase (conn.c) ---------------------- */
+
+struct nbd_conn;
+
+struct nbd_extent {
+  uint64_t offset;
+  uint64_t length;
+  uint32_t flags;            /* NBD_STATE_* */
+};
+
+struct nbd_cmd;
+typedef void (*nbd_cmd_done_fn)(struct nbd_cmd *cmd, int err);
+
+/* One command.  The caller owns the memory and keeps it alive until done
+ * has been called, exactly once, with err 0 or a positive errno.  done
+ * runs on the connection's reader thread, or on the submitting thread
+ * when the connection is already dead. */
+struct nbd_cmd {
+  uint16_t type;             /* NBD_CMD_* */
+  uint16_t flags;            /* NBD_CMD_FLAG_* */
+  uint64_t offset;
+  uint32_t count;
+  void *buf;                 /* READ: count bytes to fill; WRITE: source */
+  nbd_cmd_done_fn done;
+  void *user;
+
+  /* Results of BLOCK_STATUS: extents of the base:allocation context,
+   * contiguous from offset, clipped to the request.  Owned by the
+   * command; free with g_free() after done. */
+  struct nbd_extent *extents;
+  size_t n_extents;
+
+  /* Private to conn.c. */
+  struct {
+    uint64_t cookie;
+    uint64_t covered;        /* bytes of a READ that content chunks set */
+    uint64_t first_lo;       /* the first content chunk of a READ */
+    uint64_t first_hi;
+    void *ranges;            /* GArray of covered ranges from the second
+                              * content chunk on, else NULL */
+    unsigned chunks;
+    int err;                 /* first error chunk, positive errno */
+    bool seen_status;
+    gint64 start_us;
+  } priv;
+};
+
+/* Called once when the connection dies (protocol violation, EOF, I/O
+ * error), after every command in flight was failed with EIO.  Runs on
+ * the reader thread; must not free the connection. */
+typedef void (*nbd_conn_dead_fn)(struct nbd_conn *conn, int err,
+                                 const char *why, void *user);
+
+/* Connects to uri, negotiates and starts the reader thread. */
+int nbd_conn_connect(const struct nbd_uri *uri,
+                     const struct nbd_handshake_opts *o,
+                     struct nbd_conn **out, GError **error);
+
+/* Takes over a transport that has finished the handshake. */
+struct nbd_conn *nbd_conn_new(struct nbd_transport *t,
+                              struct nbd_export_info *info);
+
+void nbd_conn_set_dead_cb(struct nbd_conn *conn, nbd_conn_dead_fn fn,
+                          void *user);
+const struct nbd_export_info *nbd_conn_info(const struct nbd_conn *conn);
+
+/* Sends cmd.  Returns 0 when the command was sent (done will be called),
+ * or a negative errno when it was refused before sending (done will not
+ * be called): -EINVAL for a request the negotiated export does not
+ * allow (S7, X7, X13), -ENOTCONN when the connection is dead. */
+int nbd_conn_submit(struct nbd_conn *conn, struct nbd_cmd *cmd);
+
+/* Submits cmd and waits for it.  Returns 0 or a negative errno. */
+int nbd_conn_run(struct nbd_conn *conn, struct nbd_cmd *cmd);
+
+unsigned nbd_conn_in_flight(struct nbd_conn *conn);
+bool nbd_conn_is_dead(struct nbd_conn *conn);
+
+/* The reason the connection died, or NULL while it lives. */
+const char *nbd_conn_death(struct nbd_conn *conn);
+
+/* Waits for every command in flight, sends NBD_CMD_DISC (D4, D5), waits
+ * a bounded time for end of stream (D6), and frees the connection.
+ * Commands still in flight after timeout_ms fail with EIO. */
+void nbd_conn_close(struct nbd_conn *conn, unsigned timeout_ms);
+
+/* When set, called with one line per completed command:
+ * "ENDPOINT: NBD_CMD_READ off=.. len=.. -> ok 37us". */
+extern void (*nbd_trace_hook)(const char *line);
+
+/* Maps an NBD error value to an errno (X22, X22a). */
+int nbd_errno_from_wire(uint32_t nbd_err);
+
+#endif /* NBDFS_NBDPROTO_H */
