@@ -1,0 +1,320 @@
+/* nbdfs: the transport, a byte stream to one server.
+ *
+ * A plain socket supplies the recv/sendv pair here; TLS replaces the pair
+ * after STARTTLS.  Everything above reads and writes through
+ * nbd_transport_read() and nbd_transport_writev().
+ *
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static ssize_t
+plain_recv(struct nbd_transport *t, void *buf, size_t len)
+{
+  for (;;) {
+    ssize_t n = recv(t->fd, buf, len, 0);
+
+    if (n >= 0)
+      return n;
+    if (errno != EINTR)
+      return -errno;
+  }
+}
+
+static ssize_t
+plain_sendv(struct nbd_transport *t, struct iovec *iov, int iovcnt)
+{
+  struct msghdr msg = { .msg_iov = iov, .msg_iovlen = iovcnt };
+
+  for (;;) {
+    /* MSG_NOSIGNAL: a vanished server is an error to report, not a
+     * reason to kill the daemon with SIGPIPE. */
+    ssize_t n = sendmsg(t->fd, &msg, MSG_NOSIGNAL);
+
+    if (n >= 0)
+      return n;
+    if (errno != EINTR)
+      return -errno;
+  }
+}
+
+static size_t
+plain_pending(struct nbd_transport *t)
+{
+  return 0;
+}
+
+static void
+plain_close(struct nbd_transport *t)
+{
+}
+
+static const struct nbd_transport_ops plain_ops = {
+  .recv = plain_recv,
+  .sendv = plain_sendv,
+  .pending = plain_pending,
+  .close = plain_close,
+  .what = "plain",
+};
+
+struct nbd_transport *
+nbd_transport_new_fd(int fd, const char *name)
+{
+  struct nbd_transport *t = g_new0(struct nbd_transport, 1);
+
+  t->ops = &plain_ops;
+  t->fd = fd;
+  t->name = g_strdup(name);
+  return t;
+}
+
+static int
+connect_unix(const char *path, GError **error)
+{
+  struct sockaddr_un sun = { .sun_family = AF_UNIX };
+  size_t len = strlen(path);
+  int fd;
+
+  if (len >= sizeof sun.sun_path)
+    return nbd_set_error(error, ENAMETOOLONG,
+                         "connect: %s: socket path too long", path);
+  memcpy(sun.sun_path, path, len);
+
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return nbd_set_error(error, errno, "socket: %s: %s", path,
+                         g_strerror(errno));
+  if (connect(fd, (struct sockaddr *) &sun,
+              offsetof(struct sockaddr_un, sun_path) + len) < 0) {
+    int err = errno;
+
+    close(fd);
+    return nbd_set_error(error, err, "connect: %s: %s", path,
+                         g_strerror(err));
+  }
+  return fd;
+}
+
+static void
+tune_tcp(int fd)
+{
+  int on = 1;
+  int idle = 30, intvl = 10, cnt = 3;
+
+  /* G2: without TCP_NODELAY a request split over two segments waits for
+   * Nagle.  Keepalive notices a peer that vanished without a reset. */
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+}
+
+static int
+connect_tcp(const char *host, const char *port, const char *name,
+            GError **error)
+{
+  struct addrinfo hints = {
+    .ai_family = AF_UNSPEC,
+    .ai_socktype = SOCK_STREAM,
+    .ai_flags = AI_ADDRCONFIG,
+  };
+  struct addrinfo *res = NULL;
+  int err = 0, fd = -1, rc;
+
+  rc = getaddrinfo(host, port, &hints, &res);
+  if (rc != 0)
+    return nbd_set_error(error, EHOSTUNREACH, "resolve: %s: %s", name,
+                         gai_strerror(rc));
+
+  for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+                ai->ai_protocol);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+      break;
+    err = errno;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+
+  if (fd < 0)
+    return nbd_set_error(error, err, "connect: %s: %s", name,
+                         g_strerror(err));
+  tune_tcp(fd);
+  return fd;
+}
+
+int
+nbd_transport_connect(const struct nbd_uri *uri, struct nbd_transport **out,
+                      GError **error)
+{
+  g_autofree char *name = nbd_uri_endpoint(uri);
+  int fd;
+
+  if (uri->is_unix)
+    fd = connect_unix(uri->socket_path, error);
+  else
+    fd = connect_tcp(uri->host, uri->port, name, error);
+  if (fd < 0)
+    return fd;
+
+  *out = nbd_transport_new_fd(fd, name);
+  return 0;
+}
+
+ssize_t
+nbd_transport_read_some(struct nbd_transport *t, void *buf, size_t len,
+                        GError **error)
+{
+  ssize_t n = t->ops->recv(t, buf, len);
+
+  if (n < 0)
+    return nbd_set_error(error, -n, "receive: %s: %s", t->name,
+                         g_strerror(-n));
+  return n;
+}
+
+int
+nbd_transport_read(struct nbd_transport *t, void *buf, size_t len,
+                   GError **error)
+{
+  char *p = buf;
+
+  /* T19: a record layer may return short reads; loop to the exact
+   * count. */
+  while (len > 0) {
+    ssize_t n = nbd_transport_read_some(t, p, len, error);
+
+    if (n < 0)
+      return n;
+    if (n == 0)
+      return nbd_set_error(error, ECONNRESET,
+                           "receive: %s: server closed the connection",
+                           t->name);
+    p += n;
+    len -= n;
+  }
+  return 0;
+}
+
+int
+nbd_transport_writev(struct nbd_transport *t, struct iovec *iov, int iovcnt,
+                     GError **error)
+{
+  while (iovcnt > 0) {
+    ssize_t n = t->ops->sendv(t, iov, iovcnt);
+
+    if (n < 0)
+      return nbd_set_error(error, -n, "send: %s: %s", t->name,
+                           g_strerror(-n));
+
+    /* Step over what went out; a partial write leaves the rest of the
+     * current element to the next round. */
+    while (iovcnt > 0 && (size_t) n >= iov->iov_len) {
+      n -= iov->iov_len;
+      iov++;
+      iovcnt--;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = (char *) iov->iov_base + n;
+      iov->iov_len -= n;
+    }
+  }
+  return 0;
+}
+
+int
+nbd_transport_write(struct nbd_transport *t, const void *buf, size_t len,
+                    GError **error)
+{
+  struct iovec iov = { .iov_base = (void *) buf, .iov_len = len };
+
+  return nbd_transport_writev(t, &iov, 1, error);
+}
+
+size_t
+nbd_transport_pending(struct nbd_transport *t)
+{
+  return t->ops->pending(t);
+}
+
+void
+nbd_transport_shutdown(struct nbd_transport *t)
+{
+  if (t != NULL && t->fd >= 0)
+    shutdown(t->fd, SHUT_RDWR);
+}
+
+void
+nbd_transport_free(struct nbd_transport *t)
+{
+  if (t == NULL)
+    return;
+  t->ops->close(t);
+  if (t->fd >= 0)
+    close(t->fd);
+  g_free(t->name);
+  g_free(t);
+}
+
+const char *
+nbd_transport_name(const struct nbd_transport *t)
+{
+  return t->name;
+}
+
+int
+nbd_transport_fd(const struct nbd_transport *t)
+{
+  return t->fd;
+}
+
+char *
+nbd_sanitize(const void *data, size_t len, size_t max)
+{
+  const unsigned char *s = data;
+  GString *out;
+  size_t i = 0;
+
+  if (len > max)
+    len = max;
+  out = g_string_sized_new(len + 1);
+  while (i < len) {
+    gunichar c;
+    const char *end;
+
+    /* Printable ASCII passes; valid multi-byte UTF-8 passes; anything
+     * else (controls, escape sequences, broken bytes) becomes '?'. */
+    if (s[i] >= 0x20 && s[i] < 0x7f) {
+      g_string_append_c(out, s[i++]);
+      continue;
+    }
+    c = g_utf8_get_char_validated((const char *) s + i, len - i);
+    if (s[i] >= 0x80 && c != (gunichar) -1 && c != (gunichar) -2 &&
+        g_unichar_isprint(c)) {
+      end = g_utf8_next_char((const char *) s + i);
+      g_string_append_len(out, (const char *) s + i,
+                          end - ((const char *) s + i));
+      i = end - (const char *) s;
+      continue;
+    }
+    g_string_append_c(out, '?');
+    i++;
+  }
+  return g_string_free(out, FALSE);
+}
