@@ -1,0 +1,251 @@
+/* nbdfs-info: show what an NBD server offers.
+ *
+ *   nbdfs-info [--json] URI           one export's size, flags, limits
+ *   nbdfs-info --list [--json] URI    every export the server lists
+ *
+ * Exit status: 0 on success, 1 when the server or export cannot be
+ * reached or negotiated, 2 for bad usage.
+ *
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "config.h"
+#include "nbdproto.h"
+
+/* A server may list many exports; a flood beyond this is refused. */
+#define MAX_LIST_ENTRIES 100000
+
+static gboolean opt_list;
+static gboolean opt_json;
+static gboolean opt_version;
+static char *opt_tls;
+
+static GOptionEntry entries[] = {
+  { "list", 'l', 0, G_OPTION_ARG_NONE, &opt_list,
+    "List the server's exports", NULL },
+  { "json", 'j', 0, G_OPTION_ARG_NONE, &opt_json,
+    "Print JSON instead of text", NULL },
+  { "tls", 0, 0, G_OPTION_ARG_STRING, &opt_tls,
+    "TLS policy: off, prefer or require", "POLICY" },
+  { "version", 'V', 0, G_OPTION_ARG_NONE, &opt_version,
+    "Print the version and exit", NULL },
+  { NULL },
+};
+
+/* Appends s to out as a JSON string literal. */
+static void
+json_string(GString *out, const char *s)
+{
+  g_string_append_c(out, '"');
+  for (; *s; s++) {
+    unsigned char c = *s;
+
+    if (c == '"' || c == '\\')
+      g_string_append_printf(out, "\\%c", c);
+    else if (c < 0x20)
+      g_string_append_printf(out, "\\u%04x", c);
+    else
+      g_string_append_c(out, c);
+  }
+  g_string_append_c(out, '"');
+}
+
+static void
+print_info_text(const struct nbd_export_info *in)
+{
+  char flags[256];
+
+  printf("export:        %s\n", in->name);
+  if (in->description != NULL)
+    printf("description:   %s\n", in->description);
+  printf("size:          %" PRIu64 "\n", in->size);
+  printf("flags:         %s\n",
+         nbd_tflags_string(in->tflags, flags, sizeof flags));
+  printf("read-only:     %s\n",
+         in->tflags & NBD_FLAG_READ_ONLY ? "yes" : "no");
+  printf("multi-conn:    %s\n",
+         in->tflags & NBD_FLAG_CAN_MULTI_CONN ? "yes" : "no");
+  printf("block sizes:   minimum %" PRIu32 ", preferred %" PRIu32
+         ", maximum %" PRIu32 "%s\n", in->min_block, in->pref_block,
+         in->max_payload,
+         in->block_size_advertised ? "" : " (defaults, none advertised)");
+  printf("structured:    %s\n", in->structured ? "yes" : "no");
+  printf("block status:  %s\n", in->block_status ? "base:allocation"
+                                                 : "no");
+  printf("tls:           %s\n", in->tls ? "yes" : "no");
+  if (in->export_name_fallback)
+    printf("negotiation:   NBD_OPT_EXPORT_NAME (server lacks GO)\n");
+}
+
+static void
+print_info_json(const struct nbd_export_info *in)
+{
+  g_autoptr(GString) out = g_string_new("{\n  \"export\": ");
+  char flags[256];
+  g_auto(GStrv) names = NULL;
+
+  json_string(out, in->name);
+  g_string_append(out, ",\n  \"description\": ");
+  if (in->description != NULL)
+    json_string(out, in->description);
+  else
+    g_string_append(out, "null");
+  g_string_append_printf(out, ",\n  \"size\": %" PRIu64, in->size);
+
+  g_string_append(out, ",\n  \"flags\": [");
+  names = g_strsplit(nbd_tflags_string(in->tflags, flags, sizeof flags),
+                     " ", -1);
+  for (int i = 0; names[i] != NULL; i++) {
+    if (i > 0)
+      g_string_append(out, ", ");
+    json_string(out, names[i]);
+  }
+  g_string_append_printf(out,
+                         "],\n  \"read_only\": %s,\n"
+                         "  \"multi_conn\": %s,\n"
+                         "  \"minimum_block_size\": %" PRIu32 ",\n"
+                         "  \"preferred_block_size\": %" PRIu32 ",\n"
+                         "  \"maximum_payload\": %" PRIu32 ",\n"
+                         "  \"block_sizes_advertised\": %s,\n"
+                         "  \"structured_replies\": %s,\n"
+                         "  \"block_status\": %s,\n"
+                         "  \"tls\": %s\n}\n",
+                         in->tflags & NBD_FLAG_READ_ONLY ? "true" : "false",
+                         in->tflags & NBD_FLAG_CAN_MULTI_CONN ? "true"
+                                                              : "false",
+                         in->min_block, in->pref_block, in->max_payload,
+                         in->block_size_advertised ? "true" : "false",
+                         in->structured ? "true" : "false",
+                         in->block_status ? "true" : "false",
+                         in->tls ? "true" : "false");
+  fputs(out->str, stdout);
+}
+
+static void
+print_list(GPtrArray *list)
+{
+  g_autoptr(GString) out = g_string_new(opt_json ? "[" : "");
+
+  for (guint i = 0; i < list->len; i++) {
+    const struct nbd_export_entry *e = list->pdata[i];
+
+    if (!opt_json) {
+      g_string_append_printf(out, "%s%s%s\n", e->name,
+                              *e->description ? "\t" : "",
+                              e->description);
+      continue;
+    }
+    g_string_append(out, i ? ",\n  {\"name\": " : "\n  {\"name\": ");
+    json_string(out, e->name);
+    g_string_append(out, ", \"description\": ");
+    json_string(out, e->description);
+    g_string_append(out, "}");
+  }
+  if (opt_json)
+    g_string_append(out, list->len ? "\n]\n" : "]\n");
+  fputs(out->str, stdout);
+}
+
+static int
+parse_policy(const char *s, const struct nbd_uri *uri,
+             enum nbd_tls_policy *out, GError **error)
+{
+  if (s == NULL)
+    *out = uri->tls_required ? NBD_TLS_REQUIRE : NBD_TLS_OFF;
+  else if (strcmp(s, "off") == 0)
+    *out = NBD_TLS_OFF;
+  else if (strcmp(s, "prefer") == 0)
+    *out = NBD_TLS_PREFER;
+  else if (strcmp(s, "require") == 0)
+    *out = NBD_TLS_REQUIRE;
+  else
+    return nbd_set_error(error, EINVAL,
+                         "parse options: --tls=%s: expected off, prefer "
+                         "or require", s);
+
+  /* U2: nbds:// means TLS is required, whatever else was said. */
+  if (uri->tls_required && *out != NBD_TLS_REQUIRE)
+    return nbd_set_error(error, EINVAL,
+                         "parse options: --tls=%s: %s:// URIs always "
+                         "require TLS", s, uri->scheme);
+  return 0;
+}
+
+static int
+run(const char *text, GError **error)
+{
+  g_autoptr(nbd_uri) uri = NULL;
+  struct nbd_handshake_opts o = { 0 };
+  struct nbd_transport *t = NULL;
+  int rc;
+
+  rc = nbd_uri_parse(text, &uri, error);
+  if (rc == 0)
+    rc = parse_policy(opt_tls, uri, &o.tls, error);
+  if (rc == 0)
+    rc = nbd_transport_connect(uri, &t, error);
+  if (rc < 0)
+    return rc;
+  o.export_name = uri->export_name;
+
+  if (opt_list) {
+    g_autoptr(GPtrArray) list = NULL;
+
+    rc = nbd_handshake_list(t, &o, MAX_LIST_ENTRIES, &list, error);
+    if (rc == 0)
+      print_list(list);
+  } else {
+    struct nbd_export_info info;
+
+    rc = nbd_handshake_go(t, &o, &info, error);
+    if (rc == 0) {
+      struct nbd_conn *c = nbd_conn_new(t, &info);
+
+      t = NULL;
+      if (opt_json)
+        print_info_json(nbd_conn_info(c));
+      else
+        print_info_text(nbd_conn_info(c));
+      nbd_conn_close(c, 5000);
+    }
+  }
+  nbd_transport_free(t);
+  return rc;
+}
+
+int
+main(int argc, char **argv)
+{
+  g_autoptr(GOptionContext) ctx = g_option_context_new("URI");
+  g_autoptr(GError) error = NULL;
+
+  g_option_context_add_main_entries(ctx, entries, NULL);
+  g_option_context_set_summary(ctx,
+    "Show the size, flags and limits of an NBD export, or list the\n"
+    "exports of a server.  URI is nbd://HOST[:PORT]/EXPORT,\n"
+    "nbds://..., nbd+unix:///EXPORT?socket=PATH or nbds+unix://...");
+  if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
+    fprintf(stderr, "nbdfs-info: parse options: %s\n", error->message);
+    return 2;
+  }
+  if (opt_version) {
+    printf("nbdfs-info %s\n", NBDFS_VERSION);
+    return 0;
+  }
+  if (argc != 2) {
+    fprintf(stderr, "nbdfs-info: usage: nbdfs-info [--list] [--json] "
+                    "URI (see --help)\n");
+    return 2;
+  }
+
+  if (run(argv[1], &error) < 0) {
+    fprintf(stderr, "nbdfs-info: %s\n", error->message);
+    return 1;
+  }
+  return 0;
+}
