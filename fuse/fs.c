@@ -1,0 +1,508 @@
+/* nbdfs: the FUSE operations.
+ *
+ * The mount is one directory (inode 1) holding one file per export
+ * (inode 2 + index).  Handlers that need the server hand the request to
+ * the export's scheduler and return; the reply is sent when the last NBD
+ * reply arrives.  Every request is answered exactly once.
+ *
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <linux/falloc.h>
+
+#include "nbdfs.h"
+
+#define ROOT_INO 1
+#define ATTR_TIMEOUT 60.0
+#define MAX_IO (1024 * 1024)
+#define XATTR_PREFIX "user.nbd."
+
+static struct fs *
+fs_of(fuse_req_t req)
+{
+  return fuse_req_userdata(req);
+}
+
+static struct export *
+export_of(fuse_req_t req, fuse_ino_t ino)
+{
+  struct fs *fs = fs_of(req);
+
+  if (ino < 2 || ino - 2 >= fs->exports->len)
+    return NULL;
+  return fs->exports->pdata[ino - 2];
+}
+
+static uint64_t
+export_size(struct export *e)
+{
+  uint32_t mb = e->info.min_block ? e->info.min_block : 1;
+
+  /* S8: the tail past the last whole minimum block is out of reach. */
+  return e->info.size - e->info.size % mb;
+}
+
+static void
+fill_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
+{
+  memset(st, 0, sizeof *st);
+  st->st_ino = ino;
+  st->st_uid = fs->uid;
+  st->st_gid = fs->gid;
+  st->st_atim = st->st_mtim = st->st_ctim = fs->mounted;
+
+  if (ino == ROOT_INO) {
+    st->st_mode = S_IFDIR | 0755;
+    st->st_nlink = 2;
+    return;
+  }
+
+  struct export *e = fs->exports->pdata[ino - 2];
+
+  st->st_mode = S_IFREG | (e->readonly ? 0444 : 0644);
+  st->st_nlink = 1;
+  st->st_size = export_size(e);
+  st->st_blksize = MAX(e->info.pref_block, 512);
+  st->st_blocks = (st->st_size + 511) / 512;
+}
+
+static void
+fs_init(void *userdata, struct fuse_conn_info *conn)
+{
+  struct fs *fs = userdata;
+
+  /* Deep queues: the kernel may keep many requests in flight, and each
+   * may be 1 MiB; the scheduler splits them to the server's limits. */
+  conn->max_write = MAX_IO;
+  conn->max_readahead = MAX_IO;
+  conn->max_background = 128;
+  conn->congestion_threshold = 96;
+
+  if (conn->capable & FUSE_CAP_ASYNC_DIO)
+    conn->want |= FUSE_CAP_ASYNC_DIO;
+  if (conn->capable & FUSE_CAP_ASYNC_READ)
+    conn->want |= FUSE_CAP_ASYNC_READ;
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  if (fs->cache == CACHE_WRITEBACK &&
+      (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+    conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+  else
+    conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+}
+
+static void
+fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  struct fs *fs = fs_of(req);
+  struct fuse_entry_param ep = { 0 };
+
+  if (parent != ROOT_INO) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  for (guint i = 0; i < fs->exports->len; i++) {
+    struct export *e = fs->exports->pdata[i];
+
+    if (strcmp(e->file_name, name) == 0) {
+      ep.ino = i + 2;
+      ep.attr_timeout = ATTR_TIMEOUT;
+      ep.entry_timeout = ATTR_TIMEOUT;
+      fill_attr(fs, ep.ino, &ep.attr);
+      fuse_reply_entry(req, &ep);
+      return;
+    }
+  }
+  fuse_reply_err(req, ENOENT);
+}
+
+static void
+fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct stat st;
+
+  if (ino != ROOT_INO && export_of(req, ino) == NULL) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  fill_attr(fs_of(req), ino, &st);
+  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void
+fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+           struct fuse_file_info *fi)
+{
+  struct export *e = export_of(req, ino);
+  struct stat st;
+
+  if (e == NULL) {
+    fuse_reply_err(req, ino == ROOT_INO ? EPERM : ENOENT);
+    return;
+  }
+
+  /* The server fixes the size; truncating to it is harmless, anything
+   * else is refused.  Times are accepted and forgotten so that tools
+   * which set them (touch, cp -p) do not fail. */
+  if ((to_set & FUSE_SET_ATTR_SIZE) &&
+      (uint64_t) attr->st_size != export_size(e)) {
+    log_info("truncate: %s: the export's size is fixed by the server",
+             e->file_name);
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  fill_attr(fs_of(req), ino, &st);
+  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void
+fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+           struct fuse_file_info *fi)
+{
+  struct fs *fs = fs_of(req);
+  g_autofree char *buf = NULL;
+  size_t used = 0;
+  guint n = fs->exports->len + 2;
+
+  if (ino != ROOT_INO) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+
+  /* Entry k is ".", "..", then the exports; off is the next k. */
+  buf = g_malloc(size);
+  for (guint k = off; k < n; k++) {
+    struct stat st = { 0 };
+    const char *name;
+    size_t len;
+
+    if (k < 2) {
+      name = k == 0 ? "." : "..";
+      st.st_ino = ROOT_INO;
+      st.st_mode = S_IFDIR;
+    } else {
+      name = ((struct export *) fs->exports->pdata[k - 2])->file_name;
+      st.st_ino = k;
+      st.st_mode = S_IFREG;
+    }
+    len = fuse_add_direntry(req, buf + used, size - used, name, &st, k + 1);
+    if (len > size - used)
+      break;
+    used += len;
+  }
+  fuse_reply_buf(req, buf, used);
+}
+
+static void
+fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct fs *fs = fs_of(req);
+  struct export *e = export_of(req, ino);
+  g_autoptr(GError) error = NULL;
+
+  if (e == NULL) {
+    fuse_reply_err(req, ino == ROOT_INO ? EISDIR : ENOENT);
+    return;
+  }
+  if ((fi->flags & O_ACCMODE) != O_RDONLY && e->readonly) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+
+  /* --all: an export is connected when it is first opened; one that
+   * cannot be reached fails the open at once. */
+  if (export_connect(e, &error) < 0) {
+    log_error("%s", error->message);
+    fuse_reply_err(req, EIO);
+    return;
+  }
+
+  fi->direct_io = fs->cache == CACHE_NONE;
+  fi->keep_cache = 0; /* see the server's changes after each open */
+  fi->noflush = 1;    /* close(2) promises no durability */
+  fi->fh = (fi->flags & (O_SYNC | O_DSYNC)) != 0;
+  fuse_reply_open(req, fi);
+}
+
+static void
+reply_read(struct op *op, int err, const void *data, uint64_t len,
+           void *user)
+{
+  fuse_req_t req = user;
+
+  if (err != 0)
+    fuse_reply_err(req, err);
+  else
+    fuse_reply_buf(req, data, len);
+}
+
+static void
+fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+        struct fuse_file_info *fi)
+{
+  struct export *e = export_of(req, ino);
+
+  sched_submit(e->sched, OP_READ, off, size, NULL, false, 0, reply_read,
+               req);
+}
+
+struct write_req {
+  fuse_req_t req;
+  size_t len;
+  char data[];
+};
+
+static void
+reply_write(struct op *op, int err, const void *data, uint64_t result,
+            void *user)
+{
+  struct write_req *w = user;
+
+  if (err != 0)
+    fuse_reply_err(w->req, err);
+  else
+    fuse_reply_write(w->req, w->len);
+  g_free(w);
+}
+
+static void
+fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+         off_t off, struct fuse_file_info *fi)
+{
+  struct export *e = export_of(req, ino);
+  struct write_req *w;
+  bool sync;
+
+  if (e->readonly) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+
+  /* libfuse reuses buf for the next request once we return. */
+  w = g_malloc(sizeof *w + size);
+  w->req = req;
+  w->len = size;
+  memcpy(w->data, buf, size);
+  sync = fi->fh || (fi->flags & (O_SYNC | O_DSYNC));
+  sched_submit(e->sched, OP_WRITE, off, size, w->data, sync, 0,
+               reply_write, w);
+}
+
+static void
+reply_status(struct op *op, int err, const void *data, uint64_t result,
+             void *user)
+{
+  fuse_reply_err(user, err);
+}
+
+static void
+fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+         struct fuse_file_info *fi)
+{
+  struct export *e = export_of(req, ino);
+
+  /* O2: the scheduler holds the FLUSH until every earlier write has
+   * been acknowledged. */
+  sched_submit(e->sched, OP_FLUSH, 0, 0, NULL, false, 0, reply_status,
+               req);
+}
+
+static void
+fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  fuse_reply_err(req, 0);
+}
+
+static void
+fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  fuse_reply_err(req, 0);
+}
+
+static void
+fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
+             off_t len, struct fuse_file_info *fi)
+{
+  struct export *e = export_of(req, ino);
+  enum op_kind kind;
+
+  if (e->readonly) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  if (off < 0 || len <= 0) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+
+  if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
+    kind = OP_PUNCH;
+  } else if ((mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE) {
+    kind = OP_ZERO;
+  } else if ((mode & ~FALLOC_FL_KEEP_SIZE) == 0) {
+    /* Plain allocation: the export's space already exists; only a
+     * request past its end cannot be met. */
+    fuse_reply_err(req, (uint64_t) off + len > export_size(e) ? ENOSPC : 0);
+    return;
+  } else {
+    fuse_reply_err(req, EOPNOTSUPP);
+    return;
+  }
+  sched_submit(e->sched, kind, off, len, NULL, false, 0, reply_status, req);
+}
+
+static void
+reply_lseek(struct op *op, int err, const void *data, uint64_t result,
+            void *user)
+{
+  if (err != 0)
+    fuse_reply_err(user, err);
+  else
+    fuse_reply_lseek(user, result);
+}
+
+static void
+fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+         struct fuse_file_info *fi)
+{
+  struct export *e = export_of(req, ino);
+
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  if (off < 0) {
+    fuse_reply_err(req, ENXIO);
+    return;
+  }
+  sched_submit(e->sched, OP_SEEK, off, 0, NULL, false, whence, reply_lseek,
+               req);
+}
+
+static void
+fs_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+  struct fs *fs = fs_of(req);
+  struct statvfs sv = { 0 };
+  uint64_t total = 0;
+
+  for (guint i = 0; i < fs->exports->len; i++)
+    total += export_size(fs->exports->pdata[i]);
+
+  /* The files fill the filesystem: nothing is free, nothing can be
+   * created. */
+  sv.f_bsize = 4096;
+  sv.f_frsize = 4096;
+  sv.f_blocks = total / sv.f_frsize;
+  sv.f_files = fs->exports->len + 1;
+  sv.f_namemax = 255;
+  fuse_reply_statfs(req, &sv);
+}
+
+/* The value of user.nbd.NAME for e, or NULL when there is none. */
+static char *
+xattr_value(struct export *e, const char *name)
+{
+  char flags[256];
+
+  if (strcmp(name, "uri") == 0)
+    return nbd_uri_display(e->uri);
+  if (strcmp(name, "export") == 0)
+    return g_strdup(e->uri->export_name);
+  if (strcmp(name, "description") == 0) {
+    const char *d = e->info.description ? e->info.description
+                                        : e->list_description;
+    return d && *d ? g_strdup(d) : NULL;
+  }
+  if (strcmp(name, "size") == 0)
+    return g_strdup_printf("%" PRIu64, e->info.size);
+  if (strcmp(name, "block_size") == 0)
+    return g_strdup_printf("%" PRIu32 " %" PRIu32 " %" PRIu32,
+                           e->info.min_block, e->info.pref_block,
+                           e->info.max_payload);
+  if (strcmp(name, "flags") == 0)
+    return g_strdup(nbd_tflags_string(e->info.tflags, flags, sizeof flags));
+  if (strcmp(name, "tls") == 0)
+    return g_strdup(e->info.tls ? "yes" : "no");
+  if (strcmp(name, "connections") == 0)
+    return g_strdup_printf("%u", e->pool ? pool_size(e->pool) : 0);
+  return NULL;
+}
+
+static const char *const xattr_names[] = {
+  "uri", "export", "description", "size", "block_size", "flags", "tls",
+  "connections",
+};
+
+static void
+reply_xattr_value(fuse_req_t req, const char *value, size_t len,
+                  size_t size)
+{
+  if (size == 0)
+    fuse_reply_xattr(req, len);
+  else if (size < len)
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, value, len);
+}
+
+static void
+fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+  struct export *e = export_of(req, ino);
+  g_autofree char *value = NULL;
+
+  if (e == NULL || !g_str_has_prefix(name, XATTR_PREFIX) ||
+      (value = xattr_value(e, name + strlen(XATTR_PREFIX))) == NULL) {
+    fuse_reply_err(req, ENODATA);
+    return;
+  }
+  reply_xattr_value(req, value, strlen(value), size);
+}
+
+static void
+fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+  struct export *e = export_of(req, ino);
+  g_autoptr(GString) list = g_string_new(NULL);
+
+  for (size_t i = 0; e != NULL && i < G_N_ELEMENTS(xattr_names); i++) {
+    g_autofree char *v = xattr_value(e, xattr_names[i]);
+
+    if (v != NULL) {
+      g_string_append_printf(list, XATTR_PREFIX "%s", xattr_names[i]);
+      g_string_append_c(list, '\0');
+    }
+  }
+  reply_xattr_value(req, list->str, list->len, size);
+}
+
+const struct fuse_lowlevel_ops nbdfs_ops = {
+  .init = fs_init,
+  .lookup = fs_lookup,
+  .getattr = fs_getattr,
+  .setattr = fs_setattr,
+  .readdir = fs_readdir,
+  .open = fs_open,
+  .read = fs_read,
+  .write = fs_write,
+  .flush = fs_flush,
+  .release = fs_release,
+  .fsync = fs_fsync,
+  .statfs = fs_statfs,
+  .getxattr = fs_getxattr,
+  .listxattr = fs_listxattr,
+  .fallocate = fs_fallocate,
+  .lseek = fs_lseek,
+};

@@ -1,0 +1,160 @@
+/* nbdfs: declarations shared by the daemon's parts.
+ *
+ * Layers, top down: fs.c answers FUSE requests; sched.c turns each into
+ * NBD commands (split, aligned, ordered); pool.c spreads the commands
+ * over the connections of an export; nbdproto sends them.
+ *
+ * Error convention (HACKING.md): FUSE requests are answered exactly once,
+ * with a positive errno through one fuse_reply_* call.  The real cause is
+ * logged before it is reduced to that errno.
+ *
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+#ifndef NBDFS_NBDFS_H
+#define NBDFS_NBDFS_H
+
+#define FUSE_USE_VERSION 312
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <fuse_lowlevel.h>
+#include <glib.h>
+
+#include "nbdproto.h"
+
+/* ---- log.c ------------------------------------------------------------ */
+
+enum log_level {
+  LOG_LEVEL_ERROR,
+  LOG_LEVEL_WARNING,
+  LOG_LEVEL_INFO,  /* -v: lifecycle events */
+  LOG_LEVEL_DEBUG, /* -d: one line per request */
+};
+
+extern enum log_level log_max;
+
+/* Sends log lines to syslog from now on (after daemonizing). */
+void log_to_syslog(void);
+void log_msg(enum log_level level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+#define log_error(...) log_msg(LOG_LEVEL_ERROR, __VA_ARGS__)
+#define log_warning(...) log_msg(LOG_LEVEL_WARNING, __VA_ARGS__)
+#define log_info(...)                                                  \
+  do {                                                                 \
+    if (log_max >= LOG_LEVEL_INFO)                                     \
+      log_msg(LOG_LEVEL_INFO, __VA_ARGS__);                            \
+  } while (0)
+#define log_debug(...)                                                 \
+  do {                                                                 \
+    if (log_max >= LOG_LEVEL_DEBUG)                                    \
+      log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__);                           \
+  } while (0)
+
+/* ---- pool.c: the connections of one export ---------------------------- */
+
+struct pool;
+
+/* Opens n connections (n == 0: 4 when the server allows multi-conn, else
+ * 1).  Every connection must report the same size and flags (O7). */
+int pool_open(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
+              unsigned n, struct pool **out, GError **error);
+
+/* The export as the first connection negotiated it. */
+const struct nbd_export_info *pool_info(const struct pool *p);
+unsigned pool_size(const struct pool *p);
+
+/* Sends cmd on the least busy live connection.  Returns 0 (done will be
+ * called) or a negative errno (it will not). */
+int pool_submit(struct pool *p, struct nbd_cmd *cmd);
+
+/* Sends cmd on connection i, for a FLUSH that must reach every
+ * connection of a server without multi-conn (O7). */
+int pool_submit_on(struct pool *p, unsigned i, struct nbd_cmd *cmd);
+
+void pool_close(struct pool *p);
+
+/* ---- sched.c: the I/O scheduler of one export ------------------------- */
+
+struct sched;
+
+enum op_kind {
+  OP_READ,
+  OP_WRITE,
+  OP_ZERO,  /* ZERO_RANGE: reads back as zeros, stays allocated */
+  OP_PUNCH, /* PUNCH_HOLE: reads back as zeros, may be deallocated */
+  OP_FLUSH,
+  OP_SEEK,  /* SEEK_DATA or SEEK_HOLE */
+};
+
+struct op;
+
+/* Called once when the op has finished, from a connection's reader
+ * thread or the submitting thread.  err is 0 or a positive errno.  For
+ * reads, data points at the requested bytes; for seeks, result is the
+ * offset found. */
+typedef void (*op_done_fn)(struct op *op, int err, const void *data,
+                           uint64_t result, void *user);
+
+struct sched *sched_new(struct pool *pool, const char *name);
+void sched_free(struct sched *s);
+
+/* The size presented to users: the export size rounded down to the
+ * minimum block (S8). */
+uint64_t sched_size(const struct sched *s);
+
+/* Starts an operation; done runs exactly once.  For OP_WRITE, buf holds
+ * len bytes and must stay valid until done.  fua asks for durable
+ * completion (O_SYNC, O_DSYNC).  For OP_SEEK, whence is SEEK_DATA or
+ * SEEK_HOLE. */
+void sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
+                  uint64_t len, const void *buf, bool fua, int whence,
+                  op_done_fn done, void *user);
+
+/* Waits until nothing is in flight, then sends a FLUSH if any write
+ * happened since the last one.  Returns 0 or a positive errno. */
+int sched_drain(struct sched *s);
+
+/* ---- export.c: one export shown as one file --------------------------- */
+
+struct export {
+  char *file_name;          /* name in the mount directory */
+  struct nbd_uri *uri;
+  struct nbd_handshake_opts opts;
+  unsigned connections;     /* -C, 0 for the default */
+  bool readonly;            /* -r or the server's READ_ONLY */
+  char *list_description;   /* --all: from NBD_OPT_LIST */
+
+  GMutex lock;              /* guards the lazy connect of --all */
+  struct pool *pool;
+  struct sched *sched;
+  struct nbd_export_info info; /* a copy, for attributes */
+  bool connected;
+};
+
+/* Connects the export if it is not yet.  Returns 0 or a negative errno
+ * with the reason logged. */
+int export_connect(struct export *e, GError **error);
+void export_free(struct export *e);
+
+/* ---- fs.c: the FUSE operations ---------------------------------------- */
+
+enum cache_mode {
+  CACHE_NONE,      /* direct I/O: every read and write goes to the server */
+  CACHE_KERNEL,    /* page cache for reads, writes go through at once */
+  CACHE_WRITEBACK, /* the kernel gathers writes; fsync pushes them */
+};
+
+struct fs {
+  GPtrArray *exports;       /* struct export *, inode = index + 2 */
+  enum cache_mode cache;
+  uid_t uid;
+  gid_t gid;
+  struct timespec mounted;
+};
+
+extern const struct fuse_lowlevel_ops nbdfs_ops;
+
+#endif /* NBDFS_NBDFS_H */

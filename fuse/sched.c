@@ -1,0 +1,745 @@
+/* nbdfs: the I/O scheduler of one export.
+ *
+ * Each FUSE request becomes an op.  An op holds a byte range in the
+ * order list from its arrival until its last reply, so that overlapping
+ * requests run in the order the kernel issued them (O6): a later op
+ * waits while an earlier, overlapping one where either side writes is
+ * unfinished.  A FLUSH waits for every earlier write (O2).
+ *
+ * An op runs in phases: the edge reads of a read-modify-write (S16),
+ * then its main commands, split at the maximum payload (S9) and aligned
+ * to the minimum block (S7), at most WINDOW of them in flight; then, for
+ * a durable write to a server without FUA, a FLUSH.
+ *
+ * Replies arrive on the connections' reader threads.  Those threads must
+ * never block on sending (the server may be blocked sending to them), so
+ * any new command that a reply makes possible is sent from the worker
+ * thread instead.
+ *
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <unistd.h>
+
+#include "nbdfs.h"
+
+#define WINDOW 32                     /* commands in flight per op */
+#define ZERO_BUF_SIZE (1024 * 1024)   /* zeros for emulated zeroing */
+#define MAX_STATUS_LEN (1u << 30)     /* one BLOCK_STATUS asks this much */
+
+enum phase {
+  PH_EDGES,       /* read the partial blocks at either end */
+  PH_MAIN,
+  PH_FLUSH_AFTER, /* make a durable write durable without FUA */
+  PH_DONE,
+};
+
+struct sched {
+  struct pool *pool;
+  const struct nbd_export_info *info;
+  char *name;
+  uint64_t size;            /* rounded down to the minimum block (S8) */
+  uint32_t mb;              /* minimum block */
+  uint32_t max_io;          /* largest READ or WRITE payload */
+  GThreadPool *worker;
+
+  GMutex lock;              /* everything below, and every op's state */
+  GCond idle;               /* order list became empty */
+  GQueue order;             /* struct op, in arrival order */
+  uint64_t writes_done;     /* generation: successful writes */
+  uint64_t writes_flushed;  /* generation a FLUSH last covered */
+};
+
+struct op {
+  struct sched *s;
+  enum op_kind kind;
+  uint64_t off, len;        /* as asked, clipped for reads */
+  uint64_t lo, hi;          /* held range, aligned */
+  const uint8_t *wbuf;
+  uint8_t *rbuf;            /* reads: the bytes of [lo, hi) */
+  bool fua;
+  int whence;
+  op_done_fn done;
+  void *user;
+
+  GList link;               /* in s->order */
+  bool started;
+  bool queued;              /* an advance() is waiting on the worker */
+
+  enum phase phase;
+  uint64_t cursor;          /* next byte of the main range */
+  uint64_t mid_lo, mid_hi;  /* the aligned middle of a write */
+  bool edges_sent;
+  unsigned flushes_left;    /* FLUSH copies still to send */
+  unsigned inflight;
+  int err;
+  uint64_t result;
+  uint64_t flush_gen;
+
+  uint8_t *head;            /* edge blocks of a read-modify-write */
+  uint8_t *tail;
+  uint64_t head_off, tail_off;
+};
+
+struct piece {
+  struct nbd_cmd cmd;
+  struct op *op;
+  int conn;                 /* a FLUSH for one connection, else -1 */
+};
+
+static const uint8_t *zero_buf;
+
+static bool
+is_write(enum op_kind k)
+{
+  return k == OP_WRITE || k == OP_ZERO || k == OP_PUNCH;
+}
+
+static uint64_t
+align_down(uint64_t v, uint32_t a)
+{
+  return v - v % a;
+}
+
+static uint64_t
+align_up(uint64_t v, uint32_t a)
+{
+  return align_down(v + a - 1, a);
+}
+
+static void advance(struct op *op);
+
+static void
+worker_main(gpointer data, gpointer user)
+{
+  advance(data);
+}
+
+struct sched *
+sched_new(struct pool *pool, const char *name)
+{
+  struct sched *s = g_new0(struct sched, 1);
+
+  s->pool = pool;
+  s->info = pool_info(pool);
+  s->name = g_strdup(name);
+  s->mb = s->info->min_block;
+  s->size = align_down(s->info->size, s->mb);
+  s->max_io = align_down(s->info->max_payload, s->mb);
+  g_mutex_init(&s->lock);
+  g_cond_init(&s->idle);
+  g_queue_init(&s->order);
+  s->worker = g_thread_pool_new(worker_main, s, 1, FALSE, NULL);
+
+  if (g_once_init_enter(&zero_buf))
+    g_once_init_leave(&zero_buf, g_malloc0(ZERO_BUF_SIZE));
+  return s;
+}
+
+void
+sched_free(struct sched *s)
+{
+  if (s == NULL)
+    return;
+  g_thread_pool_free(s->worker, FALSE, TRUE);
+  g_mutex_clear(&s->lock);
+  g_cond_clear(&s->idle);
+  g_free(s->name);
+  g_free(s);
+}
+
+uint64_t
+sched_size(const struct sched *s)
+{
+  return s->size;
+}
+
+/* Must the later op i wait for the earlier op j (O2, O6)? */
+static bool
+conflicts(const struct op *j, const struct op *i)
+{
+  if (i->kind == OP_FLUSH)
+    return is_write(j->kind);
+  if (j->kind == OP_FLUSH)
+    return false;
+  if (j->hi <= i->lo || i->hi <= j->lo)
+    return false;
+  return is_write(j->kind) || is_write(i->kind);
+}
+
+/* Called with s->lock held. */
+static bool
+may_start(struct sched *s, struct op *op)
+{
+  for (GList *l = s->order.head; l != &op->link; l = l->next)
+    if (conflicts(l->data, op))
+      return false;
+  return true;
+}
+
+/* Marks op as running.  A FLUSH covers the writes finished by now: all
+ * earlier ones, since it waited for them.  Called with s->lock held. */
+static void
+op_started(struct op *op)
+{
+  op->started = true;
+  op->flush_gen = op->s->writes_done;
+}
+
+/* ---- pieces: one NBD command each ------------------------------------- */
+
+static void piece_done(struct nbd_cmd *cmd, int err);
+
+static struct piece *
+piece_new(struct op *op, uint16_t type, uint16_t flags, uint64_t off,
+          uint32_t count, const void *buf)
+{
+  struct piece *pc = g_new0(struct piece, 1);
+
+  pc->op = op;
+  pc->cmd.type = type;
+  pc->cmd.flags = flags;
+  pc->cmd.offset = off;
+  pc->cmd.count = count;
+  pc->cmd.buf = (void *) buf;
+  pc->cmd.done = piece_done;
+  pc->conn = -1;
+  op->inflight++;
+  return pc;
+}
+
+static uint16_t
+write_flags(const struct op *op)
+{
+  const struct nbd_export_info *in = op->s->info;
+
+  return op->fua && (in->tflags & NBD_FLAG_SEND_FUA) ? NBD_CMD_FLAG_FUA : 0;
+}
+
+/* Adds the FLUSH copies still to send: one per connection when the
+ * server does not share caches between them (O7). */
+static void
+plan_flushes(struct op *op, GPtrArray *out)
+{
+  struct sched *s = op->s;
+  bool each = !(s->info->tflags & NBD_FLAG_CAN_MULTI_CONN);
+
+  for (; op->flushes_left > 0; op->flushes_left--) {
+    struct piece *pc = piece_new(op, NBD_CMD_FLUSH, 0, 0, 0, NULL);
+
+    if (each)
+      pc->conn = (op->flushes_left - 1) % pool_size(s->pool);
+    g_ptr_array_add(out, pc);
+  }
+}
+
+/* Adds the next commands of a main phase to out, up to the window.
+ * Called with s->lock held.  Returns whether the phase has more. */
+static bool
+plan_main(struct op *op, GPtrArray *out)
+{
+  struct sched *s = op->s;
+  const struct nbd_export_info *in = s->info;
+
+  if (op->kind == OP_FLUSH) {
+    plan_flushes(op, out);
+    return false;
+  }
+
+  if (op->kind == OP_SEEK) {
+    uint64_t n = MIN(op->hi - op->cursor, align_down(MAX_STATUS_LEN, s->mb));
+
+    if (op->inflight == 0 && op->cursor < op->hi)
+      g_ptr_array_add(out, piece_new(op, NBD_CMD_BLOCK_STATUS, 0,
+                                     op->cursor, n, NULL));
+    return false;
+  }
+
+  if (is_write(op->kind) && !op->edges_sent) {
+    uint16_t f = write_flags(op);
+
+    /* The patched edge blocks go out first, then the middle. */
+    op->edges_sent = true;
+    if (op->head != NULL)
+      g_ptr_array_add(out, piece_new(op, NBD_CMD_WRITE, f, op->head_off,
+                                     s->mb, op->head));
+    if (op->tail != NULL)
+      g_ptr_array_add(out, piece_new(op, NBD_CMD_WRITE, f, op->tail_off,
+                                     s->mb, op->tail));
+  }
+
+  while (op->inflight < WINDOW && op->cursor < op->mid_hi) {
+    uint64_t pos = op->cursor;
+    uint64_t left = op->mid_hi - pos;
+    struct piece *pc;
+
+    if (op->kind == OP_READ) {
+      uint32_t n = MIN(left, s->max_io);
+
+      pc = piece_new(op, NBD_CMD_READ, 0, pos, n, op->rbuf + (pos - op->lo));
+    } else if (op->kind == OP_WRITE) {
+      uint32_t n = MIN(left, s->max_io);
+
+      pc = piece_new(op, NBD_CMD_WRITE, write_flags(op), pos, n,
+                     op->wbuf + (pos - op->off));
+    } else if (in->tflags & NBD_FLAG_SEND_WRITE_ZEROES) {
+      /* PUNCH may leave a hole, ZERO must stay allocated; both read
+       * back as zeros (X12b, O8).  TRIM promises no zeros, so it is
+       * never used here. */
+      uint16_t f = write_flags(op);
+      uint32_t n = MIN(left, s->max_io);
+
+      if (op->kind == OP_ZERO)
+        f |= NBD_CMD_FLAG_NO_HOLE;
+      pc = piece_new(op, NBD_CMD_WRITE_ZEROES, f, pos, n, NULL);
+    } else {
+      uint32_t n = MIN(left, MIN(s->max_io, align_down(ZERO_BUF_SIZE,
+                                                       s->mb)));
+
+      pc = piece_new(op, NBD_CMD_WRITE, write_flags(op), pos, n, zero_buf);
+    }
+    op->cursor += pc->cmd.count;
+    g_ptr_array_add(out, pc);
+  }
+  return op->cursor < op->mid_hi;
+}
+
+/* Adds the FLUSH copies that make a write durable on a server without
+ * FUA (O4): one, or one per connection without multi-conn (O7). */
+static unsigned
+flush_copies(struct sched *s)
+{
+  if (!(s->info->tflags & NBD_FLAG_SEND_FLUSH))
+    return 0; /* O3: such a server is write-through */
+  if ((s->info->tflags & NBD_FLAG_CAN_MULTI_CONN) || pool_size(s->pool) == 1)
+    return 1;
+  return pool_size(s->pool);
+}
+
+/* Moves op to its next phase when the current one has nothing more in
+ * flight or to send.  Called with s->lock held.  Returns true when the
+ * op is finished. */
+static bool
+next_phase(struct op *op)
+{
+  struct sched *s = op->s;
+
+  if (op->err != 0)
+    return true;
+
+  switch (op->phase) {
+    case PH_EDGES:
+      /* The edge blocks are read; lay the new bytes over them.  The
+       * main phase sends them back. */
+      op->edges_sent = false;
+      if (op->head != NULL) {
+        uint64_t a = MAX(op->off, op->head_off);
+        uint64_t b = MIN(op->off + op->len, op->head_off + s->mb);
+
+        if (op->kind == OP_WRITE)
+          memcpy(op->head + (a - op->head_off), op->wbuf + (a - op->off),
+                 b - a);
+        else
+          memset(op->head + (a - op->head_off), 0, b - a);
+      }
+      if (op->tail != NULL) {
+        uint64_t a = MAX(op->off, op->tail_off);
+        uint64_t b = MIN(op->off + op->len, op->tail_off + s->mb);
+
+        if (op->kind == OP_WRITE)
+          memcpy(op->tail + (a - op->tail_off), op->wbuf + (a - op->off),
+                 b - a);
+        else
+          memset(op->tail + (a - op->tail_off), 0, b - a);
+      }
+      op->phase = PH_MAIN;
+      return false;
+
+    case PH_MAIN:
+      if (op->kind == OP_SEEK && op->cursor < op->hi)
+        return false; /* another BLOCK_STATUS round */
+      if (op->fua && is_write(op->kind) && write_flags(op) == 0 &&
+          (op->flushes_left = flush_copies(s)) > 0) {
+        op->phase = PH_FLUSH_AFTER;
+        return false;
+      }
+      if (op->kind == OP_FLUSH)
+        s->writes_flushed = MAX(s->writes_flushed, op->flush_gen);
+      else if (is_write(op->kind))
+        s->writes_done++;
+      op->phase = PH_DONE;
+      return true;
+
+    case PH_FLUSH_AFTER:
+      s->writes_done++;
+      op->phase = PH_DONE;
+      return true;
+
+    default:
+      return true;
+  }
+}
+
+static void finish(struct op *op);
+
+/* Sends what the op's current phase allows.  Runs on a FUSE thread or
+ * the worker, never on a reader thread. */
+static void
+advance(struct op *op)
+{
+  struct sched *s = op->s;
+  g_autoptr(GPtrArray) batch = g_ptr_array_new();
+  bool finished = false;
+
+  g_mutex_lock(&s->lock);
+  op->queued = false;
+  for (;;) {
+    if (op->err == 0) {
+      if (op->phase == PH_EDGES && op->inflight == 0 && !op->edges_sent) {
+        op->edges_sent = true;
+        if (op->head != NULL)
+          g_ptr_array_add(batch, piece_new(op, NBD_CMD_READ, 0, op->head_off,
+                                           s->mb, op->head));
+        if (op->tail != NULL)
+          g_ptr_array_add(batch, piece_new(op, NBD_CMD_READ, 0, op->tail_off,
+                                           s->mb, op->tail));
+      } else if (op->phase == PH_MAIN) {
+        plan_main(op, batch);
+      } else if (op->phase == PH_FLUSH_AFTER) {
+        plan_flushes(op, batch);
+      }
+    }
+    if (batch->len > 0 || op->inflight > 0)
+      break;
+
+    /* Nothing to send and nothing in flight: this phase is over. */
+    if (next_phase(op)) {
+      finished = true;
+      break;
+    }
+  }
+  g_mutex_unlock(&s->lock);
+
+  /* The op stays alive while any piece of the batch is unsent: each
+   * one counts in op->inflight. */
+  for (guint i = 0; i < batch->len; i++) {
+    struct piece *pc = batch->pdata[i];
+    int rc = pc->conn >= 0 ? pool_submit_on(s->pool, pc->conn, &pc->cmd)
+                           : pool_submit(s->pool, &pc->cmd);
+
+    if (rc < 0)
+      piece_done(&pc->cmd, -rc);
+  }
+  if (finished)
+    finish(op);
+}
+
+/* Reads a SEEK answer out of the extents of one BLOCK_STATUS (B13):
+ * a hole is a range that reads as zeros; everything else is data. */
+static void
+seek_scan(struct op *op, const struct nbd_cmd *cmd, int err)
+{
+  uint64_t end = cmd->offset + cmd->count;
+
+  if (err != 0 || cmd->n_extents == 0) {
+    /* B12: without an answer, all of it is data. */
+    if (op->whence == SEEK_DATA) {
+      op->result = MAX(op->off, cmd->offset);
+      op->cursor = op->hi;
+      return;
+    }
+    op->cursor = end;
+    return;
+  }
+
+  for (size_t i = 0; i < cmd->n_extents; i++) {
+    const struct nbd_extent *e = &cmd->extents[i];
+    bool hole = (e->flags & NBD_STATE_ZERO) != 0;
+
+    if (hole == (op->whence == SEEK_HOLE) && e->offset + e->length > op->off) {
+      op->result = MAX(op->off, e->offset);
+      op->cursor = op->hi;
+      return;
+    }
+    end = e->offset + e->length;
+  }
+  op->cursor = end;
+}
+
+/* Has the current phase more to send?  Called with s->lock held. */
+static bool
+has_more(const struct op *op)
+{
+  if (op->err != 0)
+    return false;
+  if (op->phase == PH_FLUSH_AFTER)
+    return op->flushes_left > 0;
+  if (op->phase != PH_MAIN)
+    return false;
+  if (op->kind == OP_SEEK)
+    return op->cursor < op->hi;
+  return op->cursor < op->mid_hi || op->flushes_left > 0;
+}
+
+static void
+piece_done(struct nbd_cmd *cmd, int err)
+{
+  struct piece *pc = (struct piece *) cmd;
+  struct op *op = pc->op;
+  struct sched *s = op->s;
+  bool finished = false, more = false;
+
+  if (err != 0 && op->kind != OP_SEEK)
+    log_debug("%s: %s at %" PRIu64 "+%" PRIu32 " failed: %s", s->name,
+              nbd_cmd_name(cmd->type), cmd->offset, cmd->count,
+              g_strerror(err));
+
+  g_mutex_lock(&s->lock);
+  op->inflight--;
+  if (op->kind == OP_SEEK)
+    seek_scan(op, cmd, err);
+  else if (err != 0 && op->err == 0)
+    op->err = err;
+
+  if (op->queued) {
+    /* The queued advance() takes it from here. */
+  } else if (op->inflight == 0) {
+    if (!has_more(op) && next_phase(op))
+      finished = true;
+    else
+      more = op->queued = true;
+  } else if (op->phase == PH_MAIN && op->cursor < op->mid_hi &&
+             op->inflight == WINDOW / 2) {
+    /* Refill the window before it runs dry. */
+    more = op->queued = true;
+  }
+  g_mutex_unlock(&s->lock);
+
+  g_free(cmd->extents);
+  g_free(pc);
+  if (finished)
+    finish(op);
+  else if (more)
+    g_thread_pool_push(s->worker, op, NULL);
+}
+
+static void
+op_free(struct op *op)
+{
+  g_free(op->rbuf);
+  g_free(op->head);
+  g_free(op->tail);
+  g_free(op);
+}
+
+/* Answers the op, takes it out of the order list and starts the ops
+ * that were waiting for it. */
+static void
+finish(struct op *op)
+{
+  struct sched *s = op->s;
+  GPtrArray *ready = g_ptr_array_new();
+  const void *data = NULL;
+  uint64_t result = op->result;
+
+  if (op->kind == OP_READ) {
+    data = op->rbuf + (op->off - op->lo);
+    result = op->len;
+  } else if (op->kind == OP_SEEK && op->err == 0 && op->result == UINT64_MAX) {
+    /* Ran off the end: the end is a hole (lseek(2)), there is no data
+     * after it. */
+    if (op->whence == SEEK_HOLE)
+      result = s->size;
+    else
+      op->err = ENXIO;
+  }
+  op->done(op, op->err, data, result, op->user);
+
+  g_mutex_lock(&s->lock);
+  g_queue_unlink(&s->order, &op->link);
+  for (GList *l = s->order.head; l != NULL; l = l->next) {
+    struct op *w = l->data;
+
+    if (!w->started && may_start(s, w)) {
+      op_started(w);
+      w->queued = true;
+      g_ptr_array_add(ready, w);
+    }
+  }
+  if (s->order.length == 0)
+    g_cond_broadcast(&s->idle);
+  g_mutex_unlock(&s->lock);
+
+  for (guint i = 0; i < ready->len; i++)
+    g_thread_pool_push(s->worker, ready->pdata[i], NULL);
+  g_ptr_array_free(ready, TRUE);
+  op_free(op);
+}
+
+/* Sets up the ranges and buffers of a new op.  Returns 0 or a positive
+ * errno to answer at once. */
+static int
+prepare(struct sched *s, struct op *op)
+{
+  uint32_t mb = s->mb;
+
+  switch (op->kind) {
+    case OP_READ:
+      op->len = MIN(op->len, s->size - MIN(op->off, s->size));
+      if (op->len == 0) {
+        op->lo = op->hi = op->mid_lo = op->mid_hi = op->cursor = op->off;
+        op->rbuf = g_malloc(1);
+        op->phase = PH_MAIN;
+        return 0;
+      }
+      op->lo = align_down(op->off, mb);
+      op->hi = align_up(op->off + op->len, mb);
+      op->mid_lo = op->cursor = op->lo;
+      op->mid_hi = op->hi;
+      op->rbuf = g_malloc(MAX(op->hi - op->lo, 1));
+      op->phase = PH_MAIN;
+      return 0;
+
+    case OP_WRITE:
+    case OP_ZERO:
+    case OP_PUNCH:
+      if (s->info->tflags & NBD_FLAG_READ_ONLY)
+        return EROFS;
+      if (op->off > s->size || op->len > s->size - op->off)
+        return ENOSPC;
+      if (op->len == 0) {
+        op->lo = op->hi = op->mid_lo = op->mid_hi = op->cursor = op->off;
+        op->phase = PH_MAIN;
+        return 0;
+      }
+      op->lo = align_down(op->off, mb);
+      op->hi = align_up(op->off + op->len, mb);
+      op->mid_lo = op->cursor = align_up(op->off, mb);
+      op->mid_hi = align_down(op->off + op->len, mb);
+
+      /* S16: a partial block at either end is read, patched and
+       * written whole. */
+      if (op->off % mb != 0) {
+        op->head_off = op->lo;
+        op->head = g_malloc(mb);
+      }
+      if ((op->off + op->len) % mb != 0 &&
+          (op->head == NULL || align_down(op->off + op->len, mb) !=
+                                 op->head_off)) {
+        op->tail_off = align_down(op->off + op->len, mb);
+        op->tail = g_malloc(mb);
+      }
+      if (op->mid_hi < op->mid_lo)
+        op->mid_hi = op->mid_lo; /* both ends in one block */
+      op->phase = op->head || op->tail ? PH_EDGES : PH_MAIN;
+      return 0;
+
+    case OP_FLUSH:
+      op->flushes_left = flush_copies(s);
+      op->phase = PH_MAIN;
+      return 0;
+
+    case OP_SEEK:
+      if (op->off >= s->size)
+        return ENXIO;
+      op->lo = op->off;
+      op->hi = s->size;
+      op->result = UINT64_MAX;
+      if (!s->info->block_status) {
+        /* Without block status the whole export is data. */
+        op->result = op->whence == SEEK_DATA ? op->off : s->size;
+        op->cursor = op->hi;
+      } else {
+        op->cursor = align_down(op->off, mb);
+      }
+      op->phase = PH_MAIN;
+      return 0;
+  }
+  return EINVAL;
+}
+
+void
+sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
+             uint64_t len, const void *buf, bool fua, int whence,
+             op_done_fn done, void *user)
+{
+  struct op *op = g_new0(struct op, 1);
+  bool start;
+  int err;
+
+  op->s = s;
+  op->kind = kind;
+  op->off = off;
+  op->len = len;
+  op->wbuf = buf;
+  op->fua = fua;
+  op->whence = whence;
+  op->done = done;
+  op->user = user;
+  op->link.data = op;
+
+  g_mutex_lock(&s->lock);
+  err = prepare(s, op);
+  if (err != 0) {
+    g_mutex_unlock(&s->lock);
+    done(op, err, NULL, 0, user);
+    op_free(op);
+    return;
+  }
+  g_queue_push_tail_link(&s->order, &op->link);
+  start = may_start(s, op);
+  if (start)
+    op_started(op);
+  g_mutex_unlock(&s->lock);
+
+  if (start)
+    advance(op);
+}
+
+struct drain_wait {
+  GMutex lock;
+  GCond cond;
+  bool done;
+  int err;
+};
+
+static void
+drain_flushed(struct op *op, int err, const void *data, uint64_t result,
+              void *user)
+{
+  struct drain_wait *w = user;
+
+  g_mutex_lock(&w->lock);
+  w->done = true;
+  w->err = err;
+  g_cond_signal(&w->cond);
+  g_mutex_unlock(&w->lock);
+}
+
+int
+sched_drain(struct sched *s)
+{
+  struct drain_wait w = { 0 };
+  bool dirty;
+
+  g_mutex_lock(&s->lock);
+  while (s->order.length > 0)
+    g_cond_wait(&s->idle, &s->lock);
+  dirty = s->writes_done != s->writes_flushed;
+  g_mutex_unlock(&s->lock);
+  if (!dirty)
+    return 0;
+
+  g_mutex_init(&w.lock);
+  g_cond_init(&w.cond);
+  sched_submit(s, OP_FLUSH, 0, 0, NULL, false, 0, drain_flushed, &w);
+  g_mutex_lock(&w.lock);
+  while (!w.done)
+    g_cond_wait(&w.cond, &w.lock);
+  g_mutex_unlock(&w.lock);
+  g_mutex_clear(&w.lock);
+  g_cond_clear(&w.cond);
+  return w.err;
+}
