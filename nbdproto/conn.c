@@ -429,7 +429,8 @@ reader_exited(struct nbd_conn *c)
 void
 nbd_conn_close(struct nbd_conn *c, unsigned timeout_ms)
 {
-  gint64 deadline = g_get_monotonic_time() + timeout_ms * G_TIME_SPAN_MILLISECOND;
+  gint64 deadline = g_get_monotonic_time() +
+                    timeout_ms * G_TIME_SPAN_MILLISECOND;
   bool send_disc;
 
   if (c == NULL)

@@ -2,8 +2,9 @@
  *
  * Every multi-byte integer on the wire is big-endian.  The packed structs
  * below mirror the wire byte for byte; code that fills or reads them
- * converts with the htobe and betoh families.  Section letters and numbers (H14, X4, ...) refer to
- * docs/nbd-client-checklist.md in the shared project documents.
+ * converts with the htobe and betoh families.  Section letters and
+ * numbers (H14, X4, ...) refer to docs/nbd-client-checklist.md in the
+ * shared project documents.
  *
  * SPDX-License-Identifier: BSD-3-Clause
  */

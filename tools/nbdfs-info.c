@@ -73,7 +73,7 @@ print_info_text(const struct nbd_export_info *in)
   printf("block sizes:   minimum %" PRIu32 ", preferred %" PRIu32
          ", maximum %" PRIu32 "%s\n", in->min_block, in->pref_block,
          in->max_payload,
-         in->block_size_advertised ? "" : " (defaults, none advertised)");
+         in->block_size_advertised ? "" : " (defaults)");
   printf("structured:    %s\n", in->structured ? "yes" : "no");
   printf("block status:  %s\n", in->block_status ? "base:allocation"
                                                  : "no");
@@ -135,9 +135,11 @@ print_list(GPtrArray *list)
     const struct nbd_export_entry *e = list->pdata[i];
 
     if (!opt_json) {
-      g_string_append_printf(out, "%s%s%s\n", e->name,
-                              *e->description ? "\t" : "",
-                              e->description);
+      /* The default export has an empty name; show it as "". */
+      g_string_append_printf(out, "%s%s%s\n",
+                             *e->name ? e->name : "\"\"",
+                             *e->description ? "\t" : "",
+                             e->description);
       continue;
     }
     g_string_append(out, i ? ",\n  {\"name\": " : "\n  {\"name\": ");
