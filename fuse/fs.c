@@ -228,7 +228,9 @@ fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     return;
   }
 
-  fi->direct_io = fs->cache == CACHE_NONE;
+  /* O_DIRECT asks for what CACHE_NONE gives everyone: no page cache,
+   * and requests that the kernel sends on without waiting. */
+  fi->direct_io = fs->cache == CACHE_NONE || (fi->flags & O_DIRECT);
   fi->keep_cache = 0; /* see the server's changes after each open */
   fi->noflush = 1;    /* close(2) promises no durability */
   fi->fh = (fi->flags & (O_SYNC | O_DSYNC)) != 0;
