@@ -108,6 +108,10 @@ int nbd_transport_writev(struct nbd_transport *t, struct iovec *iov,
 int nbd_transport_write(struct nbd_transport *t, const void *buf,
                         size_t len, GError **error);
 
+/* Makes a read or write that waits longer than ms fail with ETIMEDOUT;
+ * 0 waits for ever. */
+void nbd_transport_set_timeout(struct nbd_transport *t, unsigned ms);
+
 /* Number of bytes already received and buffered below the reader, which
  * a poll() on the socket would not see. */
 size_t nbd_transport_pending(struct nbd_transport *t);

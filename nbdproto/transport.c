@@ -14,9 +14,20 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <fcntl.h>
 #include <unistd.h>
 
+#define CONNECT_TIMEOUT_MS 10000
+
 #include "internal.h"
+
+/* With a timeout set (SO_RCVTIMEO, SO_SNDTIMEO), EAGAIN means the
+ * server stayed silent that long. */
+static int
+io_errno(int err)
+{
+  return err == EAGAIN || err == EWOULDBLOCK ? ETIMEDOUT : err;
+}
 
 static ssize_t
 plain_recv(struct nbd_transport *t, void *buf, size_t len)
@@ -27,7 +38,7 @@ plain_recv(struct nbd_transport *t, void *buf, size_t len)
     if (n >= 0)
       return n;
     if (errno != EINTR)
-      return -errno;
+      return -io_errno(errno);
   }
 }
 
@@ -44,7 +55,7 @@ plain_sendv(struct nbd_transport *t, struct iovec *iov, int iovcnt)
     if (n >= 0)
       return n;
     if (errno != EINTR)
-      return -errno;
+      return -io_errno(errno);
   }
 }
 
@@ -120,6 +131,37 @@ tune_tcp(int fd)
   setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
 }
 
+/* connect(2) that gives up after CONNECT_TIMEOUT_MS: a host that drops
+ * packets would otherwise hold the caller for minutes.  Returns 0 or an
+ * errno. */
+static int
+connect_within(int fd, const struct sockaddr *addr, socklen_t len)
+{
+  struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+  int flags = fcntl(fd, F_GETFL);
+  int err = 0;
+  socklen_t elen = sizeof err;
+  int rc;
+
+  fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  if (connect(fd, addr, len) == 0)
+    goto out;
+  if (errno != EINPROGRESS) {
+    err = errno;
+    goto out;
+  }
+  do
+    rc = poll(&pfd, 1, CONNECT_TIMEOUT_MS);
+  while (rc < 0 && errno == EINTR);
+  if (rc == 0)
+    err = ETIMEDOUT;
+  else if (rc < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
+    err = errno;
+out:
+  fcntl(fd, F_SETFL, flags);
+  return err;
+}
+
 static int
 connect_tcp(const char *host, const char *port, const char *name,
             GError **error)
@@ -144,9 +186,9 @@ connect_tcp(const char *host, const char *port, const char *name,
       err = errno;
       continue;
     }
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+    err = connect_within(fd, ai->ai_addr, ai->ai_addrlen);
+    if (err == 0)
       break;
-    err = errno;
     close(fd);
     fd = -1;
   }
@@ -183,6 +225,9 @@ nbd_transport_read_some(struct nbd_transport *t, void *buf, size_t len,
 {
   ssize_t n = t->ops->recv(t, buf, len);
 
+  if (n == -ETIMEDOUT)
+    return nbd_set_error(error, ETIMEDOUT, "receive: %s: the server did "
+                         "not answer in time", t->name);
   if (n < 0)
     return nbd_set_error(error, -n, "receive: %s: %s", t->name,
                          g_strerror(-n));
@@ -245,6 +290,15 @@ nbd_transport_write(struct nbd_transport *t, const void *buf, size_t len,
   struct iovec iov = { .iov_base = (void *) buf, .iov_len = len };
 
   return nbd_transport_writev(t, &iov, 1, error);
+}
+
+void
+nbd_transport_set_timeout(struct nbd_transport *t, unsigned ms)
+{
+  struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = ms % 1000 * 1000 };
+
+  setsockopt(t->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(t->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
 size_t
