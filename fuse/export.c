@@ -19,7 +19,8 @@ export_connect(struct export *e, GError **error)
   if (e->connected)
     goto out;
 
-  rc = pool_open(e->uri, &e->opts, e->connections, &e->pool, error);
+  rc = pool_open(e->uri, &e->opts, e->connections, &e->timeouts, &e->pool,
+                 error);
   if (rc < 0)
     goto out;
 

@@ -36,6 +36,8 @@ static gboolean opt_readonly;
 static gboolean opt_all;
 static gboolean opt_version;
 static int opt_connections;
+static int opt_reconnect_timeout = 60;
+static int opt_request_timeout = 60;
 static char **opt_o;
 static char *opt_name;
 static char *opt_cache;
@@ -52,6 +54,11 @@ static GOptionEntry entries[] = {
     "Refuse all writes", NULL },
   { "connections", 'C', 0, G_OPTION_ARG_INT, &opt_connections,
     "Connections per export (default 4 with multi-conn, else 1)", "N" },
+  { "reconnect-timeout", 0, 0, G_OPTION_ARG_INT, &opt_reconnect_timeout,
+    "Seconds I/O waits for a lost server before failing (60)", "S" },
+  { "request-timeout", 0, 0, G_OPTION_ARG_INT, &opt_request_timeout,
+    "Seconds without a reply before a connection is redone "
+    "(60, 0: never)", "S" },
   { "name", 'n', 0, G_OPTION_ARG_STRING, &opt_name,
     "File name of the export (one URI only)", "NAME" },
   { "all", 'a', 0, G_OPTION_ARG_NONE, &opt_all,
@@ -178,6 +185,8 @@ export_new(struct nbd_uri *uri, const char *file_name)
   e->file_name = g_strdup(file_name);
   e->opts.export_name = uri->export_name;
   e->connections = opt_connections;
+  e->timeouts.reconnect_ms = opt_reconnect_timeout * 1000u;
+  e->timeouts.request_ms = opt_request_timeout * 1000u;
   e->readonly = opt_readonly;
   return e;
 }
@@ -500,9 +509,12 @@ main(int argc, char **argv)
   fuse_opt_add_arg(&args, "-o");
   fuse_opt_add_arg(&args, "fsname=nbdfs,subtype=nbdfs");
   if (parse_mount_opts(&fs, &args, &error) < 0 ||
-      parse_cache(&fs, &error) < 0 || opt_connections < 0)
-    fail(EXIT_USAGE, error ? error->message
-                           : "parse options: -C: must not be negative");
+      parse_cache(&fs, &error) < 0)
+    fail(EXIT_USAGE, error->message);
+  if (opt_connections < 0 || opt_reconnect_timeout < 0 ||
+      opt_request_timeout < 0)
+    fail(EXIT_USAGE, "parse options: -C, --reconnect-timeout and "
+                     "--request-timeout take numbers of 0 or more");
   if (check_mountpoint(mountpoint, &error) < 0 ||
       check_fuse_device(&error) < 0)
     fail(EXIT_MOUNT, error->message);

@@ -57,10 +57,18 @@ void log_msg(enum log_level level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 struct pool;
 
+struct pool_timeouts {
+  unsigned reconnect_ms;    /* how long commands wait for a connection */
+  unsigned request_ms;      /* a reply later than this ends a connection;
+                             * 0: never */
+};
+
 /* Opens n connections (n == 0: 4 when the server allows multi-conn, else
- * 1).  Every connection must report the same size and flags (O7). */
+ * 1).  Every connection must report the same size and flags (O7).  uri
+ * and o must outlive the pool: reconnections use them. */
 int pool_open(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
-              unsigned n, struct pool **out, GError **error);
+              unsigned n, const struct pool_timeouts *t, struct pool **out,
+              GError **error);
 
 /* The export as the first connection negotiated it. */
 const struct nbd_export_info *pool_info(const struct pool *p);
@@ -124,6 +132,7 @@ struct export {
   struct nbd_uri *uri;
   struct nbd_handshake_opts opts;
   unsigned connections;     /* -C, 0 for the default */
+  struct pool_timeouts timeouts;
   bool readonly;            /* -r or the server's READ_ONLY */
   char *list_description;   /* --all: from NBD_OPT_LIST */
 

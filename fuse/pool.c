@@ -1,8 +1,18 @@
-/* nbdfs: the connections of one export.
+/* nbdfs: the connections of one export, and their reconnection.
  *
  * Several connections only when the server says they see each other's
  * writes (CAN_MULTI_CONN, O7) or the user insists; commands go round
  * the live ones in turn.
+ *
+ * A connection that dies hands its commands in flight back here instead
+ * of failing them.  They wait, with any new command that finds no live
+ * connection, until the keeper thread has connected again (capped
+ * exponential backoff, the same TLS policy and credentials) and checked
+ * that the export is still the same; then they are sent again.  Only when
+ * the export stays unreachable longer than the reconnect timeout do they
+ * fail with EIO.  The keeper also ends a connection whose oldest command
+ * has waited longer than the request timeout, so that no request waits
+ * for ever on a stalled server.
  *
  * SPDX-License-Identifier: BSD-3-Clause
  */
@@ -14,51 +24,336 @@
 
 #define DEFAULT_MULTI_CONN 4
 #define MAX_CONNECTIONS 64
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define TICK_MS 1000
+
+struct slot {
+  struct nbd_conn *conn;    /* NULL while down */
+  struct nbd_conn *corpse;  /* a dead connection still to be freed */
+  gint64 retry_at;          /* monotonic time of the next attempt */
+  unsigned backoff_ms;
+};
 
 struct pool {
-  struct nbd_conn **conns;
-  unsigned n;
-  unsigned next;            /* round-robin cursor, atomic */
+  const struct nbd_uri *uri;
+  const struct nbd_handshake_opts *opts;
+  struct pool_timeouts timeouts;
   struct nbd_export_info info;
   char *name;
+  unsigned n;
+  unsigned next;            /* round-robin cursor, atomic */
+
+  /* Submitters hold this for reading while they use a connection they
+   * took from a slot; the keeper holds it for writing to free one. */
+  GRWLock use;
+
+  GMutex lock;              /* everything below */
+  GCond wake;               /* for the keeper */
+  struct slot *slots;
+  GQueue pending;           /* struct nbd_cmd waiting for a connection */
+  gint64 down_since;        /* when the last live connection died, or 0 */
+  bool broken;              /* the export changed: fail everything */
+  bool closing;
+  GThread *keeper;
 };
+
+static void keeper_wake(struct pool *p);
+
+/* O7: a further connection must show the same export as the first; so
+ * must a reconnection (D9). */
+static bool
+same_export(const struct pool *p, const struct nbd_export_info *in)
+{
+  return in->size == p->info.size &&
+         (in->tflags & NBD_FLAG_READ_ONLY) ==
+           (p->info.tflags & NBD_FLAG_READ_ONLY) &&
+         in->min_block == p->info.min_block &&
+         in->max_payload == p->info.max_payload;
+}
+
+static unsigned
+live_count(const struct pool *p)
+{
+  unsigned n = 0;
+
+  for (unsigned i = 0; i < p->n; i++)
+    n += p->slots[i].conn != NULL;
+  return n;
+}
+
+/* Hands the commands in flight on a dying connection to the pending
+ * queue.  Runs on the reader thread, which must not block on sending,
+ * so the keeper sends them again. */
+static void
+conn_orphans(struct nbd_conn *conn, struct nbd_cmd **cmds, size_t n,
+             void *user)
+{
+  struct pool *p = user;
+
+  g_mutex_lock(&p->lock);
+  for (size_t i = 0; i < n; i++)
+    g_queue_push_tail(&p->pending, cmds[i]);
+  g_mutex_unlock(&p->lock);
+  log_info("%s: %zu request(s) will be sent again after reconnecting",
+           p->name, n);
+}
 
 static void
 conn_dead(struct nbd_conn *conn, int err, const char *why, void *user)
 {
   struct pool *p = user;
 
-  log_error("%s: connection lost: %s", p->name, why);
+  g_mutex_lock(&p->lock);
+  for (unsigned i = 0; i < p->n; i++) {
+    struct slot *s = &p->slots[i];
+
+    if (s->conn == conn) {
+      s->conn = NULL;
+      s->corpse = conn;
+      s->retry_at = g_get_monotonic_time();
+      s->backoff_ms = BACKOFF_MIN_MS;
+    }
+  }
+  if (live_count(p) == 0 && p->down_since == 0)
+    p->down_since = g_get_monotonic_time();
+  g_mutex_unlock(&p->lock);
+
+  log_error("%s: connection lost: %s; reconnecting", p->name, why);
+  keeper_wake(p);
 }
 
-/* O7: a further connection must show the same export as the first. */
-static int
-check_same(struct pool *p, const struct nbd_export_info *in,
-           GError **error)
+static void
+adopt(struct pool *p, struct nbd_conn *c)
 {
-  if (in->size != p->info.size || in->tflags != p->info.tflags ||
-      in->min_block != p->info.min_block ||
-      in->max_payload != p->info.max_payload)
-    return nbd_set_error(error, EPROTO,
-                         "connect: %s: connection %u reports a different "
-                         "size or flags than the first (O7)",
-                         p->name, p->n);
-  return 0;
+  nbd_conn_set_orphans_cb(c, conn_orphans, p);
+  nbd_conn_set_dead_cb(c, conn_dead, p);
+}
+
+/* Fails every pending command with EIO.  Called without p->lock. */
+static void
+fail_pending(struct pool *p)
+{
+  GQueue q = G_QUEUE_INIT;
+  struct nbd_cmd *cmd;
+
+  g_mutex_lock(&p->lock);
+  q = p->pending;
+  g_queue_init(&p->pending);
+  g_mutex_unlock(&p->lock);
+
+  while ((cmd = g_queue_pop_head(&q)) != NULL)
+    cmd->done(cmd, EIO);
+}
+
+/* Sends cmd on the next live connection.  Returns 0 when sent, or
+ * -ENOTCONN when no connection took it. */
+static int
+send_any(struct pool *p, struct nbd_cmd *cmd)
+{
+  unsigned start = g_atomic_int_add((gint *) &p->next, 1);
+  int rc = -ENOTCONN;
+
+  g_rw_lock_reader_lock(&p->use);
+  for (unsigned i = 0; i < p->n && rc == -ENOTCONN; i++) {
+    struct nbd_conn *c;
+
+    g_mutex_lock(&p->lock);
+    c = p->slots[(start + i) % p->n].conn;
+    g_mutex_unlock(&p->lock);
+    if (c != NULL)
+      rc = nbd_conn_submit(c, cmd);
+  }
+  g_rw_lock_reader_unlock(&p->use);
+  return rc;
+}
+
+/* Sends the pending commands again on the live connections. */
+static void
+resend_pending(struct pool *p)
+{
+  for (;;) {
+    struct nbd_cmd *cmd;
+    int rc;
+
+    g_mutex_lock(&p->lock);
+    cmd = live_count(p) > 0 ? g_queue_pop_head(&p->pending) : NULL;
+    g_mutex_unlock(&p->lock);
+    if (cmd == NULL)
+      return;
+
+    rc = send_any(p, cmd);
+    if (rc == -ENOTCONN) {
+      g_mutex_lock(&p->lock);
+      g_queue_push_head(&p->pending, cmd);
+      g_mutex_unlock(&p->lock);
+      return;
+    }
+    if (rc < 0)
+      cmd->done(cmd, -rc);
+  }
+}
+
+/* One attempt to bring slot i back.  Called without p->lock. */
+static void
+reconnect(struct pool *p, unsigned i)
+{
+  g_autoptr(GError) error = NULL;
+  struct slot *s = &p->slots[i];
+  struct nbd_conn *c = NULL;
+
+  if (nbd_conn_connect(p->uri, p->opts, &c, &error) < 0) {
+    bool first;
+
+    g_mutex_lock(&p->lock);
+    first = s->backoff_ms == BACKOFF_MIN_MS;
+    s->retry_at = g_get_monotonic_time() + s->backoff_ms * 1000;
+    s->backoff_ms = MIN(s->backoff_ms * 2, BACKOFF_MAX_MS);
+    g_mutex_unlock(&p->lock);
+
+    /* One line per outage with -v; every attempt with -d. */
+    if (first)
+      log_info("%s: reconnect failed: %s; retrying", p->name,
+               error->message);
+    else
+      log_debug("%s: reconnect failed: %s", p->name, error->message);
+    return;
+  }
+
+  if (!same_export(p, nbd_conn_info(c))) {
+    log_error("%s: the export changed while reconnecting (size %" PRIu64
+              " is now %" PRIu64 ", or its flags or block sizes "
+              "differ); failing its I/O", p->name, p->info.size,
+              nbd_conn_info(c)->size);
+    nbd_conn_close(c, 1000);
+    g_mutex_lock(&p->lock);
+    p->broken = true;
+    g_mutex_unlock(&p->lock);
+    fail_pending(p);
+    return;
+  }
+
+  adopt(p, c);
+  g_mutex_lock(&p->lock);
+  s->conn = c;
+  p->down_since = 0;
+  g_mutex_unlock(&p->lock);
+  log_info("%s: reconnected (connection %u)", p->name, i + 1);
+  resend_pending(p);
+}
+
+/* A connection whose oldest command is older than the request timeout
+ * is treated as dead: it is ended, and its commands go elsewhere. */
+static void
+watch_requests(struct pool *p)
+{
+  gint64 now = g_get_monotonic_time();
+  gint64 limit = (gint64) p->timeouts.request_ms * 1000;
+
+  if (limit == 0)
+    return;
+  g_mutex_lock(&p->lock);
+  for (unsigned i = 0; i < p->n; i++) {
+    struct nbd_conn *c = p->slots[i].conn;
+    gint64 oldest = c ? nbd_conn_oldest_us(c) : 0;
+
+    if (oldest != 0 && now - oldest > limit) {
+      g_autofree char *why = g_strdup_printf(
+        "no reply within %u s (--request-timeout)",
+        p->timeouts.request_ms / 1000);
+
+      nbd_conn_abort(c, why);
+    }
+  }
+  g_mutex_unlock(&p->lock);
+}
+
+static gpointer
+keeper_main(gpointer opaque)
+{
+  struct pool *p = opaque;
+
+  g_mutex_lock(&p->lock);
+  while (!p->closing) {
+    gint64 now = g_get_monotonic_time();
+    gint64 wake_at = now + TICK_MS * 1000;
+    bool give_up;
+
+    for (unsigned i = 0; i < p->n && !p->closing; i++) {
+      struct slot *s = &p->slots[i];
+      struct nbd_conn *corpse = s->corpse;
+
+      s->corpse = NULL;
+      if (corpse != NULL) {
+        /* Its reader thread is ending; free it once no submitter still
+         * holds it. */
+        g_mutex_unlock(&p->lock);
+        g_rw_lock_writer_lock(&p->use);
+        nbd_conn_close(corpse, 0);
+        g_rw_lock_writer_unlock(&p->use);
+        g_mutex_lock(&p->lock);
+      }
+      if (s->conn != NULL || p->broken)
+        continue;
+      if (s->retry_at > now) {
+        wake_at = MIN(wake_at, s->retry_at);
+        continue;
+      }
+      g_mutex_unlock(&p->lock);
+      reconnect(p, i);
+      g_mutex_lock(&p->lock);
+    }
+
+    /* Past the reconnect timeout the waiting commands fail; new ones
+     * fail at once in pool_submit until a connection is back. */
+    give_up = p->broken ||
+              (p->down_since != 0 &&
+               g_get_monotonic_time() - p->down_since >
+                 (gint64) p->timeouts.reconnect_ms * 1000);
+    g_mutex_unlock(&p->lock);
+    if (give_up)
+      fail_pending(p);
+    else
+      resend_pending(p);
+    watch_requests(p);
+    g_mutex_lock(&p->lock);
+
+    if (!p->closing)
+      g_cond_wait_until(&p->wake, &p->lock, wake_at);
+  }
+  g_mutex_unlock(&p->lock);
+  return NULL;
+}
+
+static void
+keeper_wake(struct pool *p)
+{
+  g_mutex_lock(&p->lock);
+  g_cond_signal(&p->wake);
+  g_mutex_unlock(&p->lock);
 }
 
 int
 pool_open(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
-          unsigned n, struct pool **out, GError **error)
+          unsigned n, const struct pool_timeouts *t, struct pool **out,
+          GError **error)
 {
   struct pool *p = g_new0(struct pool, 1);
   struct nbd_conn *c = NULL;
   int rc;
 
+  p->uri = uri;
+  p->opts = o;
+  p->timeouts = *t;
   p->name = nbd_uri_display(uri);
+  g_rw_lock_init(&p->use);
+  g_mutex_init(&p->lock);
+  g_cond_init(&p->wake);
+  g_queue_init(&p->pending);
+
   rc = nbd_conn_connect(uri, o, &c, error);
   if (rc < 0)
     goto fail;
-
   p->info = *nbd_conn_info(c);
   p->info.name = g_strdup(p->info.name);
   p->info.description = g_strdup(p->info.description);
@@ -68,23 +363,26 @@ pool_open(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
   if (n == 0)
     n = p->info.tflags & NBD_FLAG_CAN_MULTI_CONN ? DEFAULT_MULTI_CONN : 1;
   n = MIN(n, MAX_CONNECTIONS);
-  p->conns = g_new0(struct nbd_conn *, n);
-  p->conns[p->n++] = c;
-  nbd_conn_set_dead_cb(c, conn_dead, p);
+  p->slots = g_new0(struct slot, n);
+  p->slots[p->n++].conn = c;
+  adopt(p, c);
 
   while (p->n < n) {
     rc = nbd_conn_connect(uri, o, &c, error);
-    if (rc == 0) {
-      rc = check_same(p, nbd_conn_info(c), error);
-      if (rc < 0)
-        nbd_conn_close(c, 1000);
+    if (rc == 0 && !same_export(p, nbd_conn_info(c))) {
+      rc = nbd_set_error(error, EPROTO,
+                         "connect: %s: connection %u reports a different "
+                         "size or flags than the first (O7)",
+                         p->name, p->n + 1);
+      nbd_conn_close(c, 1000);
     }
     if (rc < 0)
       goto fail;
-    p->conns[p->n++] = c;
-    nbd_conn_set_dead_cb(c, conn_dead, p);
+    p->slots[p->n++].conn = c;
+    adopt(p, c);
   }
 
+  p->keeper = g_thread_new("nbd-keeper", keeper_main, p);
   *out = p;
   return 0;
 
@@ -105,26 +403,52 @@ pool_size(const struct pool *p)
   return p->n;
 }
 
+/* Queues cmd for the keeper when no connection is live but the export
+ * may come back.  Returns 0 when queued, -EIO when it will not. */
+static int
+wait_for_connection(struct pool *p, struct nbd_cmd *cmd)
+{
+  bool queued = false;
+
+  g_mutex_lock(&p->lock);
+  if (!p->broken && !p->closing &&
+      (p->down_since == 0 ||
+       g_get_monotonic_time() - p->down_since <=
+         (gint64) p->timeouts.reconnect_ms * 1000)) {
+    g_queue_push_tail(&p->pending, cmd);
+    queued = true;
+  }
+  g_mutex_unlock(&p->lock);
+  return queued ? 0 : -EIO;
+}
+
 int
 pool_submit(struct pool *p, struct nbd_cmd *cmd)
 {
-  unsigned start = g_atomic_int_add((gint *) &p->next, 1);
-  int rc = -ENOTCONN;
+  int rc = send_any(p, cmd);
 
-  /* Round robin over the connections; a dead one refuses at once and
-   * the next one is tried. */
-  for (unsigned i = 0; i < p->n; i++) {
-    rc = nbd_conn_submit(p->conns[(start + i) % p->n], cmd);
-    if (rc != -ENOTCONN)
-      return rc;
-  }
-  return rc == -ENOTCONN ? -EIO : rc;
+  if (rc == -ENOTCONN)
+    rc = wait_for_connection(p, cmd);
+  return rc;
 }
 
 int
 pool_submit_on(struct pool *p, unsigned i, struct nbd_cmd *cmd)
 {
-  return nbd_conn_submit(p->conns[i], cmd);
+  struct nbd_conn *c;
+  int rc = -ENOTCONN;
+
+  g_rw_lock_reader_lock(&p->use);
+  g_mutex_lock(&p->lock);
+  c = p->slots[i].conn;
+  g_mutex_unlock(&p->lock);
+  if (c != NULL)
+    rc = nbd_conn_submit(c, cmd);
+  g_rw_lock_reader_unlock(&p->use);
+
+  /* A FLUSH meant for a connection that died covers nothing there any
+   * more; any live connection will do for the writes that remain. */
+  return rc == -ENOTCONN ? pool_submit(p, cmd) : rc;
 }
 
 void
@@ -132,10 +456,27 @@ pool_close(struct pool *p)
 {
   if (p == NULL)
     return;
-  for (unsigned i = 0; i < p->n; i++)
-    nbd_conn_close(p->conns[i], 10000);
+
+  g_mutex_lock(&p->lock);
+  p->closing = true;
+  g_cond_signal(&p->wake);
+  g_mutex_unlock(&p->lock);
+  if (p->keeper != NULL)
+    g_thread_join(p->keeper);
+  fail_pending(p);
+
+  for (unsigned i = 0; i < p->n; i++) {
+    /* Closing fails nothing: the scheduler has drained. */
+    if (p->slots[i].conn != NULL)
+      nbd_conn_set_orphans_cb(p->slots[i].conn, NULL, NULL);
+    nbd_conn_close(p->slots[i].conn, 10000);
+    nbd_conn_close(p->slots[i].corpse, 0);
+  }
   nbd_export_info_clear(&p->info);
-  g_free(p->conns);
+  g_free(p->slots);
   g_free(p->name);
+  g_rw_lock_clear(&p->use);
+  g_mutex_clear(&p->lock);
+  g_cond_clear(&p->wake);
   g_free(p);
 }
