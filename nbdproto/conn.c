@@ -36,6 +36,8 @@ struct nbd_conn {
 
   nbd_conn_dead_fn dead_fn;
   void *dead_user;
+  nbd_conn_orphans_fn orphans_fn;
+  void *orphans_user;
 };
 
 static struct nbd_cmd *
@@ -63,11 +65,21 @@ trace(struct nbd_conn *c, struct nbd_cmd *cmd, int err)
   nbd_trace_hook(line);
 }
 
+static void conn_die(struct nbd_conn *c, const char *why);
+
 /* Removes cmd from the table and completes it. */
 static void
 retire(void *opaque, struct nbd_cmd *cmd, int err)
 {
   struct nbd_conn *c = opaque;
+
+  /* D7: the server is going away.  With someone to take over orphans,
+   * the command is not failed: it stays in the table, the connection
+   * ends, and the command goes to the orphan handler with the rest. */
+  if (err == ESHUTDOWN && c->orphans_fn != NULL) {
+    conn_die(c, "the server is shutting down (NBD_ESHUTDOWN)");
+    return;
+  }
 
   g_mutex_lock(&c->lock);
   g_hash_table_remove(c->inflight, &cmd->priv.cookie);
@@ -95,8 +107,9 @@ conn_die(struct nbd_conn *c, const char *why)
   nbd_transport_shutdown(c->t);
 }
 
-/* Fails every command in flight with EIO (D9).  Runs once, on the
- * reader thread, after the connection died. */
+/* Fails every command in flight with EIO (D9), or hands them to the
+ * orphan handler.  Runs once, on the reader thread, after the
+ * connection died. */
 static void
 fail_all(struct nbd_conn *c)
 {
@@ -116,8 +129,14 @@ fail_all(struct nbd_conn *c)
     struct nbd_cmd *cmd = cmds->pdata[i];
 
     nbd_reply_cmd_reset(cmd);
-    cmd->done(cmd, EIO);
+    g_clear_pointer(&cmd->extents, g_free);
+    cmd->n_extents = 0;
+    if (c->orphans_fn == NULL)
+      cmd->done(cmd, EIO);
   }
+  if (c->orphans_fn != NULL && cmds->len > 0)
+    c->orphans_fn(c, (struct nbd_cmd **) cmds->pdata, cmds->len,
+                  c->orphans_user);
   g_ptr_array_free(cmds, TRUE);
 }
 
@@ -203,6 +222,41 @@ nbd_conn_set_dead_cb(struct nbd_conn *conn, nbd_conn_dead_fn fn, void *user)
   conn->dead_fn = fn;
   conn->dead_user = user;
   g_mutex_unlock(&conn->lock);
+}
+
+void
+nbd_conn_set_orphans_cb(struct nbd_conn *conn, nbd_conn_orphans_fn fn,
+                        void *user)
+{
+  g_mutex_lock(&conn->lock);
+  conn->orphans_fn = fn;
+  conn->orphans_user = user;
+  g_mutex_unlock(&conn->lock);
+}
+
+void
+nbd_conn_abort(struct nbd_conn *conn, const char *why)
+{
+  conn_die(conn, why);
+}
+
+gint64
+nbd_conn_oldest_us(struct nbd_conn *conn)
+{
+  GHashTableIter it;
+  gpointer value;
+  gint64 oldest = 0;
+
+  g_mutex_lock(&conn->lock);
+  g_hash_table_iter_init(&it, conn->inflight);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    struct nbd_cmd *cmd = value;
+
+    if (oldest == 0 || cmd->priv.start_us < oldest)
+      oldest = cmd->priv.start_us;
+  }
+  g_mutex_unlock(&conn->lock);
+  return oldest;
 }
 
 const struct nbd_export_info *

@@ -225,6 +225,15 @@ struct nbd_cmd {
 typedef void (*nbd_conn_dead_fn)(struct nbd_conn *conn, int err,
                                  const char *why, void *user);
 
+/* When set, a dying connection does not fail the commands in flight:
+ * it hands them to fn (on the reader thread, after resetting them), to
+ * be sent again elsewhere or failed by the caller.  Commands answered
+ * with NBD_ESHUTDOWN count as in flight (D7).  fn must not block on the
+ * network. */
+typedef void (*nbd_conn_orphans_fn)(struct nbd_conn *conn,
+                                    struct nbd_cmd **cmds, size_t n,
+                                    void *user);
+
 /* Connects to uri, negotiates and starts the reader thread. */
 int nbd_conn_connect(const struct nbd_uri *uri,
                      const struct nbd_handshake_opts *o,
@@ -236,7 +245,17 @@ struct nbd_conn *nbd_conn_new(struct nbd_transport *t,
 
 void nbd_conn_set_dead_cb(struct nbd_conn *conn, nbd_conn_dead_fn fn,
                           void *user);
+void nbd_conn_set_orphans_cb(struct nbd_conn *conn, nbd_conn_orphans_fn fn,
+                             void *user);
 const struct nbd_export_info *nbd_conn_info(const struct nbd_conn *conn);
+
+/* Ends the connection at once, as a violation would (for a request
+ * that timed out).  why becomes the death reason. */
+void nbd_conn_abort(struct nbd_conn *conn, const char *why);
+
+/* The submit time (g_get_monotonic_time) of the oldest command in
+ * flight, or 0 when none is. */
+gint64 nbd_conn_oldest_us(struct nbd_conn *conn);
 
 /* Sends cmd.  Returns 0 when the command was sent (done will be called),
  * or a negative errno when it was refused before sending (done will not
