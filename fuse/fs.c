@@ -91,6 +91,11 @@ fs_init(void *userdata, struct fuse_conn_info *conn)
   if (conn->capable & FUSE_CAP_ASYNC_READ)
     conn->want |= FUSE_CAP_ASYNC_READ;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+
+  /* O_TRUNC arrives with open instead of as a truncate, so that it can
+   * be ignored as a block device ignores it: cp onto the file works. */
+  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+    conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
   if (fs->cache == CACHE_WRITEBACK &&
       (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
     conn->want |= FUSE_CAP_WRITEBACK_CACHE;
