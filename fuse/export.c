@@ -30,7 +30,7 @@ export_connect(struct export *e, GError **error)
   if (e->info.tflags & NBD_FLAG_READ_ONLY)
     e->readonly = true;
   shown = nbd_uri_display(e->uri);
-  e->sched = sched_new(e->pool, e->file_name);
+  e->sched = sched_new(e->pool, e->file_name, e->replay_limit);
   e->connected = true;
 
   log_info("%s: connected to %s: %" PRIu64 " bytes, %u connection(s), "

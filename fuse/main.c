@@ -38,6 +38,7 @@ static gboolean opt_version;
 static int opt_connections;
 static int opt_reconnect_timeout = 60;
 static int opt_request_timeout = 60;
+static int opt_replay_limit = 64;
 static char **opt_o;
 static char *opt_name;
 static char *opt_cache;
@@ -59,6 +60,9 @@ static GOptionEntry entries[] = {
   { "request-timeout", 0, 0, G_OPTION_ARG_INT, &opt_request_timeout,
     "Seconds without a reply before a connection is redone "
     "(60, 0: never)", "S" },
+  { "replay-limit", 0, 0, G_OPTION_ARG_INT, &opt_replay_limit,
+    "MiB of unflushed writes kept to write again after a reconnect "
+    "(64)", "MIB" },
   { "name", 'n', 0, G_OPTION_ARG_STRING, &opt_name,
     "File name of the export (one URI only)", "NAME" },
   { "all", 'a', 0, G_OPTION_ARG_NONE, &opt_all,
@@ -187,6 +191,7 @@ export_new(struct nbd_uri *uri, const char *file_name)
   e->connections = opt_connections;
   e->timeouts.reconnect_ms = opt_reconnect_timeout * 1000u;
   e->timeouts.request_ms = opt_request_timeout * 1000u;
+  e->replay_limit = (uint64_t) opt_replay_limit << 20;
   e->readonly = opt_readonly;
   return e;
 }
@@ -512,9 +517,10 @@ main(int argc, char **argv)
       parse_cache(&fs, &error) < 0)
     fail(EXIT_USAGE, error->message);
   if (opt_connections < 0 || opt_reconnect_timeout < 0 ||
-      opt_request_timeout < 0)
-    fail(EXIT_USAGE, "parse options: -C, --reconnect-timeout and "
-                     "--request-timeout take numbers of 0 or more");
+      opt_request_timeout < 0 || opt_replay_limit < 0)
+    fail(EXIT_USAGE, "parse options: -C, --reconnect-timeout, "
+                     "--request-timeout and --replay-limit take numbers "
+                     "of 0 or more");
   if (check_mountpoint(mountpoint, &error) < 0 ||
       check_fuse_device(&error) < 0)
     fail(EXIT_MOUNT, error->message);

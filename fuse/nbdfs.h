@@ -82,6 +82,14 @@ int pool_submit(struct pool *p, struct nbd_cmd *cmd);
  * connection of a server without multi-conn (O7). */
 int pool_submit_on(struct pool *p, unsigned i, struct nbd_cmd *cmd);
 
+/* After a lost connection, replay runs on the first new connection
+ * before anything else is sent on any; a failure there counts as a
+ * failed reconnect.  lost runs whenever a connection dies. */
+typedef int (*pool_replay_fn)(struct nbd_conn *c, void *user);
+typedef void (*pool_lost_fn)(void *user);
+void pool_set_replay(struct pool *p, pool_replay_fn replay,
+                     pool_lost_fn lost, void *user);
+
 void pool_close(struct pool *p);
 
 /* ---- sched.c: the I/O scheduler of one export ------------------------- */
@@ -106,7 +114,10 @@ struct op;
 typedef void (*op_done_fn)(struct op *op, int err, const void *data,
                            uint64_t result, void *user);
 
-struct sched *sched_new(struct pool *pool, const char *name);
+/* replay_limit: bytes of acknowledged, unflushed writes kept to write
+ * again after a reconnect. */
+struct sched *sched_new(struct pool *pool, const char *name,
+                        uint64_t replay_limit);
 void sched_free(struct sched *s);
 
 /* The size presented to users: the export size rounded down to the
@@ -133,6 +144,7 @@ struct export {
   struct nbd_handshake_opts opts;
   unsigned connections;     /* -C, 0 for the default */
   struct pool_timeouts timeouts;
+  uint64_t replay_limit;    /* --replay-limit, bytes */
   bool readonly;            /* -r or the server's READ_ONLY */
   char *list_description;   /* --all: from NBD_OPT_LIST */
 

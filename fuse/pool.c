@@ -8,7 +8,8 @@
  * of failing them.  They wait, with any new command that finds no live
  * connection, until the keeper thread has connected again (capped
  * exponential backoff, the same TLS policy and credentials) and checked
- * that the export is still the same; then they are sent again.  Only when
+ * that the export is still the same, and the scheduler has written its
+ * unflushed writes again; then they are sent again.  Only when
  * the export stays unreachable longer than the reconnect timeout do they
  * fail with EIO.  The keeper also ends a connection whose oldest command
  * has waited longer than the request timeout, so that no request waits
@@ -55,7 +56,12 @@ struct pool {
   gint64 down_since;        /* when the last live connection died, or 0 */
   bool broken;              /* the export changed: fail everything */
   bool closing;
+  bool replay_due;          /* a connection died since the last replay */
   GThread *keeper;
+
+  pool_replay_fn replay_fn;
+  pool_lost_fn lost_fn;
+  void *replay_user;
 };
 
 static void keeper_wake(struct pool *p);
@@ -117,9 +123,12 @@ conn_dead(struct nbd_conn *conn, int err, const char *why, void *user)
   }
   if (live_count(p) == 0 && p->down_since == 0)
     p->down_since = g_get_monotonic_time();
+  p->replay_due = p->replay_fn != NULL;
   g_mutex_unlock(&p->lock);
 
   log_error("%s: connection lost: %s; reconnecting", p->name, why);
+  if (p->lost_fn != NULL)
+    p->lost_fn(p->replay_user);
   keeper_wake(p);
 }
 
@@ -201,6 +210,7 @@ reconnect(struct pool *p, unsigned i)
   g_autoptr(GError) error = NULL;
   struct slot *s = &p->slots[i];
   struct nbd_conn *c = NULL;
+  bool replay_due;
 
   if (nbd_conn_connect(p->uri, p->opts, &c, &error) < 0) {
     bool first;
@@ -233,10 +243,28 @@ reconnect(struct pool *p, unsigned i)
     return;
   }
 
+  /* The first connection back writes the unflushed writes again before
+   * it is installed, so nothing else can overtake them. */
+  g_mutex_lock(&p->lock);
+  replay_due = p->replay_due;
+  g_mutex_unlock(&p->lock);
+  if (replay_due) {
+    int rc = p->replay_fn(c, p->replay_user);
+
+    if (rc < 0) {
+      log_info("%s: writing unflushed data again failed: %s; retrying",
+               p->name, g_strerror(-rc));
+      nbd_conn_close(c, 1000);
+      return;
+    }
+  }
+
   adopt(p, c);
   g_mutex_lock(&p->lock);
   s->conn = c;
   p->down_since = 0;
+  if (replay_due)
+    p->replay_due = false;
   g_mutex_unlock(&p->lock);
   log_info("%s: reconnected (connection %u)", p->name, i + 1);
   resend_pending(p);
@@ -286,12 +314,19 @@ keeper_main(gpointer opaque)
       s->corpse = NULL;
       if (corpse != NULL) {
         /* Its reader thread is ending; free it once no submitter still
-         * holds it. */
+         * holds it.  The other connections go down too when there is a
+         * log to replay: the replay must run with nothing in flight. */
         g_mutex_unlock(&p->lock);
         g_rw_lock_writer_lock(&p->use);
         nbd_conn_close(corpse, 0);
         g_rw_lock_writer_unlock(&p->use);
         g_mutex_lock(&p->lock);
+        if (p->replay_due)
+          for (unsigned j = 0; j < p->n; j++)
+            if (p->slots[j].conn != NULL)
+              nbd_conn_abort(p->slots[j].conn,
+                             "another connection was lost; starting "
+                             "over to replay unflushed writes");
       }
       if (s->conn != NULL || p->broken)
         continue;
@@ -389,6 +424,17 @@ pool_open(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
 fail:
   pool_close(p);
   return rc;
+}
+
+void
+pool_set_replay(struct pool *p, pool_replay_fn replay, pool_lost_fn lost,
+                void *user)
+{
+  g_mutex_lock(&p->lock);
+  p->replay_fn = replay;
+  p->lost_fn = lost;
+  p->replay_user = user;
+  g_mutex_unlock(&p->lock);
 }
 
 const struct nbd_export_info *

@@ -11,6 +11,14 @@
  * to the minimum block (S7), at most WINDOW of them in flight; then, for
  * a durable write to a server without FUA, a FLUSH.
  *
+ * A write the server acknowledged without FUA may still sit in its
+ * volatile cache until a FLUSH covers it (O2, O5).  Such writes are kept
+ * in the replay log, up to the replay limit, and written again after a
+ * reconnect before anything else is sent, so a server that lost its
+ * cache gets them back.  A write that had no room in the log makes the
+ * next FLUSH after a lost connection fail with EIO instead (D9): an
+ * fsync never reports success for writes that may be gone.
+ *
  * Replies arrive on the connections' reader threads.  Those threads must
  * never block on sending (the server may be blocked sending to them), so
  * any new command that a reply makes possible is sent from the worker
@@ -48,8 +56,26 @@ struct sched {
   GMutex lock;              /* everything below, and every op's state */
   GCond idle;               /* order list became empty */
   GQueue order;             /* struct op, in arrival order */
-  uint64_t writes_done;     /* generation: successful writes */
-  uint64_t writes_flushed;  /* generation a FLUSH last covered */
+  uint64_t acked;           /* generation: write commands acknowledged */
+  uint64_t flushed;         /* the generation a FLUSH last covered */
+
+  GQueue replay;            /* struct replay_entry, oldest first */
+  uint64_t replay_bytes;
+  uint64_t replay_limit;
+  uint64_t unlogged;        /* the newest acknowledged write not logged */
+  uint64_t unlogged_off;    /* ... and where it was, for the message */
+  bool poisoned;            /* unlogged writes may be lost: fail a FLUSH */
+  bool auto_flush;          /* a FLUSH to make room in the log is due */
+};
+
+struct replay_entry {
+  uint64_t gen;
+  uint64_t off;
+  uint32_t len;
+  uint16_t type;            /* NBD_CMD_WRITE or NBD_CMD_WRITE_ZEROES */
+  uint16_t flags;
+  bool zeros;               /* a WRITE of zeros: no copy kept */
+  uint8_t data[];
 };
 
 struct op {
@@ -110,15 +136,24 @@ align_up(uint64_t v, uint32_t a)
 }
 
 static void advance(struct op *op);
+static void auto_flush(struct sched *s);
 
+/* The worker runs ops (struct op) and, as a NULL item, the FLUSH that
+ * makes room in the replay log. */
 static void
 worker_main(gpointer data, gpointer user)
 {
-  advance(data);
+  if (data == (gpointer) user)
+    auto_flush(user);
+  else
+    advance(data);
 }
 
+static int replay(struct nbd_conn *c, void *user);
+static void connection_lost(void *user);
+
 struct sched *
-sched_new(struct pool *pool, const char *name)
+sched_new(struct pool *pool, const char *name, uint64_t replay_limit)
 {
   struct sched *s = g_new0(struct sched, 1);
 
@@ -131,7 +166,10 @@ sched_new(struct pool *pool, const char *name)
   g_mutex_init(&s->lock);
   g_cond_init(&s->idle);
   g_queue_init(&s->order);
+  g_queue_init(&s->replay);
+  s->replay_limit = replay_limit;
   s->worker = g_thread_pool_new(worker_main, s, 1, FALSE, NULL);
+  pool_set_replay(pool, replay, connection_lost, s);
 
   if (g_once_init_enter(&zero_buf))
     g_once_init_leave(&zero_buf, g_malloc0(ZERO_BUF_SIZE));
@@ -144,6 +182,7 @@ sched_free(struct sched *s)
   if (s == NULL)
     return;
   g_thread_pool_free(s->worker, FALSE, TRUE);
+  g_queue_clear_full(&s->replay, g_free);
   g_mutex_clear(&s->lock);
   g_cond_clear(&s->idle);
   g_free(s->name);
@@ -185,7 +224,7 @@ static void
 op_started(struct op *op)
 {
   op->started = true;
-  op->flush_gen = op->s->writes_done;
+  op->flush_gen = op->s->acked;
 }
 
 /* ---- pieces: one NBD command each ------------------------------------- */
@@ -318,6 +357,68 @@ flush_copies(struct sched *s)
   return pool_size(s->pool);
 }
 
+/* A FLUSH that started when generation op->flush_gen was the newest
+ * has succeeded: what it covers leaves the replay log.  After a lost
+ * connection with unlogged writes, the first FLUSH reports EIO once, as
+ * Linux reports a writeback error.  Called with s->lock held. */
+static void
+flushed(struct sched *s, struct op *op)
+{
+  struct replay_entry *e;
+
+  if (s->poisoned && op->err == 0) {
+    s->poisoned = false;
+    op->err = EIO;
+    log_error("%s: fsync: failing once, because writes that the server "
+              "acknowledged may have been lost with a connection "
+              "(--replay-limit)", s->name);
+  }
+  s->flushed = MAX(s->flushed, op->flush_gen);
+  while ((e = g_queue_peek_head(&s->replay)) != NULL &&
+         e->gen <= op->flush_gen) {
+    g_queue_pop_head(&s->replay);
+    s->replay_bytes -= e->zeros || e->type != NBD_CMD_WRITE ? 0 : e->len;
+    g_free(e);
+  }
+}
+
+/* Records an acknowledged write in the replay log, or notes that it is
+ * not there.  Called with s->lock held. */
+static void
+log_write(struct sched *s, const struct nbd_cmd *cmd)
+{
+  bool zeros = cmd->type == NBD_CMD_WRITE && cmd->buf == zero_buf;
+  size_t copy = cmd->type == NBD_CMD_WRITE && !zeros ? cmd->count : 0;
+  struct replay_entry *e;
+
+  s->acked++;
+  if (cmd->flags & NBD_CMD_FLAG_FUA)
+    return; /* O4: already on stable storage */
+
+  if (s->replay_bytes + copy > s->replay_limit) {
+    s->unlogged = s->acked;
+    s->unlogged_off = cmd->offset;
+    if (s->replay_limit > 0 && !s->auto_flush) {
+      /* Make room: a FLUSH releases what it covers. */
+      s->auto_flush = true;
+      g_thread_pool_push(s->worker, s, NULL);
+    }
+    return;
+  }
+
+  e = g_malloc(sizeof *e + copy);
+  e->gen = s->acked;
+  e->off = cmd->offset;
+  e->len = cmd->count;
+  e->type = cmd->type;
+  e->flags = cmd->flags;
+  e->zeros = zeros;
+  if (copy > 0)
+    memcpy(e->data, cmd->buf, copy);
+  g_queue_push_tail(&s->replay, e);
+  s->replay_bytes += copy;
+}
+
 /* Moves op to its next phase when the current one has nothing more in
  * flight or to send.  Called with s->lock held.  Returns true when the
  * op is finished. */
@@ -366,14 +467,11 @@ next_phase(struct op *op)
         return false;
       }
       if (op->kind == OP_FLUSH)
-        s->writes_flushed = MAX(s->writes_flushed, op->flush_gen);
-      else if (is_write(op->kind))
-        s->writes_done++;
+        flushed(s, op);
       op->phase = PH_DONE;
       return true;
 
     case PH_FLUSH_AFTER:
-      s->writes_done++;
       op->phase = PH_DONE;
       return true;
 
@@ -502,6 +600,10 @@ piece_done(struct nbd_cmd *cmd, int err)
     seek_scan(op, cmd, err);
   else if (err != 0 && op->err == 0)
     op->err = err;
+  if (err == 0 && (cmd->type == NBD_CMD_WRITE ||
+                   cmd->type == NBD_CMD_WRITE_ZEROES) &&
+      op->phase != PH_EDGES)
+    log_write(s, cmd);
 
   if (op->queued) {
     /* The queued advance() takes it from here. */
@@ -727,7 +829,7 @@ sched_drain(struct sched *s)
   g_mutex_lock(&s->lock);
   while (s->order.length > 0)
     g_cond_wait(&s->idle, &s->lock);
-  dirty = s->writes_done != s->writes_flushed;
+  dirty = s->acked != s->flushed;
   g_mutex_unlock(&s->lock);
   if (!dirty)
     return 0;
@@ -742,4 +844,78 @@ sched_drain(struct sched *s)
   g_mutex_clear(&w.lock);
   g_cond_clear(&w.cond);
   return w.err;
+}
+
+static void
+auto_flushed(struct op *op, int err, const void *data, uint64_t result,
+             void *user)
+{
+  struct sched *s = user;
+
+  if (err != 0)
+    log_warning("%s: flush to make room in the replay log failed: %s",
+                s->name, g_strerror(err));
+}
+
+static void
+auto_flush(struct sched *s)
+{
+  g_mutex_lock(&s->lock);
+  s->auto_flush = false;
+  g_mutex_unlock(&s->lock);
+  sched_submit(s, OP_FLUSH, 0, 0, NULL, false, 0, auto_flushed, s);
+}
+
+/* The pool lost a connection.  Writes that are acknowledged, not
+ * flushed and not in the log may be gone. */
+static void
+connection_lost(void *user)
+{
+  struct sched *s = user;
+
+  g_mutex_lock(&s->lock);
+  if (s->unlogged > s->flushed && !s->poisoned) {
+    s->poisoned = true;
+    log_error("%s: a connection was lost while acknowledged writes were "
+              "not yet flushed nor kept for replay (the latest at offset "
+              "%" PRIu64 "); the next fsync will fail", s->name,
+              s->unlogged_off);
+  }
+  g_mutex_unlock(&s->lock);
+}
+
+/* Writes the replay log again on a new connection, oldest first, before
+ * the pool lets anything else through.  Nothing else is in flight, so
+ * the log does not change meanwhile.  Returns 0 or a negative errno. */
+static int
+replay(struct nbd_conn *c, void *user)
+{
+  struct sched *s = user;
+  g_autoptr(GPtrArray) entries = g_ptr_array_new();
+  uint64_t bytes = 0;
+
+  g_mutex_lock(&s->lock);
+  for (GList *l = s->replay.head; l != NULL; l = l->next)
+    g_ptr_array_add(entries, l->data);
+  g_mutex_unlock(&s->lock);
+
+  for (guint i = 0; i < entries->len; i++) {
+    const struct replay_entry *e = entries->pdata[i];
+    struct nbd_cmd cmd = {
+      .type = e->type,
+      .flags = e->flags,
+      .offset = e->off,
+      .count = e->len,
+      .buf = e->zeros ? (void *) zero_buf : (void *) e->data,
+    };
+    int rc = nbd_conn_run(c, &cmd);
+
+    if (rc < 0)
+      return rc;
+    bytes += e->len;
+  }
+  if (entries->len > 0)
+    log_info("%s: wrote again %u unflushed write(s), %" PRIu64 " bytes",
+             s->name, entries->len, bytes);
+  return 0;
 }
