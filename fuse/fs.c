@@ -444,12 +444,18 @@ xattr_value(struct export *e, const char *name)
     return g_strdup(e->info.tls ? "yes" : "no");
   if (strcmp(name, "connections") == 0)
     return g_strdup_printf("%u", e->pool ? pool_size(e->pool) : 0);
+  if (strcmp(name, "stats") == 0 && e->sched != NULL) {
+    GString *out = g_string_new(NULL);
+
+    sched_stats(e->sched, out);
+    return g_string_free(out, FALSE);
+  }
   return NULL;
 }
 
 static const char *const xattr_names[] = {
   "uri", "export", "description", "size", "block_size", "flags", "tls",
-  "connections",
+  "connections", "stats",
 };
 
 static void

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -456,6 +457,46 @@ parse_cache(struct fs *fs, GError **error)
   return 0;
 }
 
+/* SIGUSR1 writes every export's statistics to the log.  The signal is
+ * blocked in every thread and taken here with sigwait, so no handler
+ * runs in the middle of the I/O path. */
+static GMutex exports_lock; /* the stats thread against close_exports */
+
+static gpointer
+stats_main(gpointer opaque)
+{
+  struct fs *fs = opaque;
+  sigset_t set;
+  int sig;
+
+  sigemptyset(&set);
+  sigaddset(&set, SIGUSR1);
+  while (sigwait(&set, &sig) == 0) {
+    g_mutex_lock(&exports_lock);
+    for (guint i = 0; i < fs->exports->len; i++) {
+      struct export *e = fs->exports->pdata[i];
+      g_autoptr(GString) line = g_string_new(NULL);
+
+      if (e == NULL || !e->connected)
+        continue;
+      sched_stats(e->sched, line);
+      log_warning("%s: %s", e->file_name, line->str);
+    }
+    g_mutex_unlock(&exports_lock);
+  }
+  return NULL;
+}
+
+static void
+block_sigusr1(void)
+{
+  sigset_t set;
+
+  sigemptyset(&set);
+  sigaddset(&set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
 /* In-flight requests finish, a FLUSH covers the writes, then each
  * connection says NBD_CMD_DISC. */
 static void
@@ -468,9 +509,14 @@ close_exports(struct fs *fs)
     if (e->connected && (err = sched_drain(e->sched)) != 0)
       log_error("unmount: %s: final flush failed: %s; recent writes may "
                 "not be on stable storage", e->file_name, g_strerror(err));
+    g_mutex_lock(&exports_lock);
+    fs->exports->pdata[i] = NULL;
+    g_mutex_unlock(&exports_lock);
     export_free(e);
   }
+  g_mutex_lock(&exports_lock);
   g_ptr_array_set_size(fs->exports, 0);
+  g_mutex_unlock(&exports_lock);
 }
 
 int
@@ -527,6 +573,7 @@ main(int argc, char **argv)
 
   if (!opt_foreground)
     daemonize_early();
+  block_sigusr1(); /* before any thread exists, so all inherit it */
 
   status = build_exports(&fs, argc - 2, argv + 1, &error);
   if (status != 0)
@@ -544,6 +591,7 @@ main(int argc, char **argv)
   }
   log_info("mounted %u export(s) on %s", fs.exports->len, mountpoint);
   report_ready(0);
+  g_thread_unref(g_thread_new("nbd-stats", stats_main, &fs));
 
   cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_clone_fd(cfg, 0);

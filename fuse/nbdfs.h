@@ -53,6 +53,29 @@ void log_msg(enum log_level level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
       log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__);                           \
   } while (0)
 
+/* ---- stats.c: live statistics ------------------------------------------ */
+
+#define STATS_TYPES 8    /* NBD_CMD_READ .. NBD_CMD_BLOCK_STATUS */
+#define STATS_BUCKETS 32 /* log2 microseconds */
+
+struct stats {
+  uint64_t commands[STATS_TYPES];
+  uint64_t bytes[STATS_TYPES];
+  uint64_t errors;
+  uint64_t latency[STATS_BUCKETS];
+  uint64_t samples;
+};
+
+/* Counts one completed NBD command that took us microseconds.  The
+ * caller serialises calls. */
+void stats_record(struct stats *st, uint16_t type, uint32_t bytes, int err,
+                  gint64 us);
+
+/* Appends one line: "read=N/BYTESB write=... errors=N reconnects=N
+ * inflight=N latency_us_p50<N p90<N p99<N". */
+void stats_format(const struct stats *st, unsigned inflight,
+                  unsigned reconnects, GString *out);
+
 /* ---- pool.c: the connections of one export ---------------------------- */
 
 struct pool;
@@ -89,6 +112,9 @@ typedef int (*pool_replay_fn)(struct nbd_conn *c, void *user);
 typedef void (*pool_lost_fn)(void *user);
 void pool_set_replay(struct pool *p, pool_replay_fn replay,
                      pool_lost_fn lost, void *user);
+
+/* How many times a connection was re-established. */
+unsigned pool_reconnects(struct pool *p);
 
 void pool_close(struct pool *p);
 
@@ -135,6 +161,9 @@ void sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
 /* Waits until nothing is in flight, then sends a FLUSH if any write
  * happened since the last one.  Returns 0 or a positive errno. */
 int sched_drain(struct sched *s);
+
+/* Appends the export's live statistics (stats_format) to out. */
+void sched_stats(struct sched *s, GString *out);
 
 /* ---- export.c: one export shown as one file --------------------------- */
 

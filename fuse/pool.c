@@ -57,6 +57,7 @@ struct pool {
   bool broken;              /* the export changed: fail everything */
   bool closing;
   bool replay_due;          /* a connection died since the last replay */
+  unsigned reconnects;
   GThread *keeper;
 
   pool_replay_fn replay_fn;
@@ -265,6 +266,7 @@ reconnect(struct pool *p, unsigned i)
   p->down_since = 0;
   if (replay_due)
     p->replay_due = false;
+  p->reconnects++;
   g_mutex_unlock(&p->lock);
   log_info("%s: reconnected (connection %u)", p->name, i + 1);
   resend_pending(p);
@@ -441,6 +443,17 @@ const struct nbd_export_info *
 pool_info(const struct pool *p)
 {
   return &p->info;
+}
+
+unsigned
+pool_reconnects(struct pool *p)
+{
+  unsigned n;
+
+  g_mutex_lock(&p->lock);
+  n = p->reconnects;
+  g_mutex_unlock(&p->lock);
+  return n;
 }
 
 unsigned

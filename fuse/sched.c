@@ -66,6 +66,7 @@ struct sched {
   uint64_t unlogged_off;    /* ... and where it was, for the message */
   bool poisoned;            /* unlogged writes may be lost: fail a FLUSH */
   bool auto_flush;          /* a FLUSH to make room in the log is due */
+  struct stats stats;
 };
 
 struct replay_entry {
@@ -595,6 +596,8 @@ piece_done(struct nbd_cmd *cmd, int err)
               g_strerror(err));
 
   g_mutex_lock(&s->lock);
+  stats_record(&s->stats, cmd->type, cmd->count, err,
+               g_get_monotonic_time() - cmd->priv.start_us);
   op->inflight--;
   if (op->kind == OP_SEEK)
     seek_scan(op, cmd, err);
@@ -918,4 +921,17 @@ replay(struct nbd_conn *c, void *user)
     log_info("%s: wrote again %u unflushed write(s), %" PRIu64 " bytes",
              s->name, entries->len, bytes);
   return 0;
+}
+
+void
+sched_stats(struct sched *s, GString *out)
+{
+  struct stats copy;
+  unsigned inflight;
+
+  g_mutex_lock(&s->lock);
+  copy = s->stats;
+  inflight = s->order.length;
+  g_mutex_unlock(&s->lock);
+  stats_format(&copy, inflight, pool_reconnects(s->pool), out);
 }
