@@ -27,6 +27,9 @@ export_connect(struct export *e, GError **error)
   e->info = *pool_info(e->pool);
   e->info.name = g_strdup(e->info.name);
   e->info.description = g_strdup(e->info.description);
+  e->info.tls_version = g_strdup(e->info.tls_version);
+  e->info.tls_cipher = g_strdup(e->info.tls_cipher);
+  e->info.tls_peer = g_strdup(e->info.tls_peer);
   if (e->info.tflags & NBD_FLAG_READ_ONLY)
     e->readonly = true;
   shown = nbd_uri_display(e->uri);
@@ -51,6 +54,7 @@ export_free(struct export *e)
   sched_free(e->sched);
   pool_close(e->pool);
   nbd_export_info_clear(&e->info);
+  nbd_tls_config_free(e->opts.tls_config);
   nbd_uri_free(e->uri);
   g_free(e->file_name);
   g_free(e->list_description);

@@ -394,6 +394,9 @@ pool_open(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
   p->info = *nbd_conn_info(c);
   p->info.name = g_strdup(p->info.name);
   p->info.description = g_strdup(p->info.description);
+  p->info.tls_version = g_strdup(p->info.tls_version);
+  p->info.tls_cipher = g_strdup(p->info.tls_cipher);
+  p->info.tls_peer = g_strdup(p->info.tls_peer);
 
   /* O7: without CAN_MULTI_CONN one connection, unless the user asked
    * for more, knowing that caches are then not shared. */

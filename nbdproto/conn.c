@@ -13,8 +13,6 @@
 
 #include "reply.h"
 
-#define HANDSHAKE_TIMEOUT_MS 30000
-
 void (*nbd_trace_hook)(const char *line);
 
 struct nbd_conn {
@@ -199,18 +197,12 @@ nbd_conn_connect(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
   struct nbd_export_info info;
   int rc;
 
-  rc = nbd_transport_connect(uri, &t, error);
+  /* nbd_connect_go() bounds the handshake in time (HANDSHAKE_TIMEOUT_MS
+   * there) and makes the one plaintext retry that --tls=prefer allows
+   * a server that hangs up on STARTTLS. */
+  rc = nbd_connect_go(uri, o, &t, &info, error);
   if (rc < 0)
     return rc;
-  /* A server that accepts and then says nothing must not hold the
-   * caller (a mount, an open of --all) for ever. */
-  nbd_transport_set_timeout(t, HANDSHAKE_TIMEOUT_MS);
-  rc = nbd_handshake_go(t, o, &info, error);
-  if (rc < 0) {
-    nbd_transport_free(t);
-    return rc;
-  }
-  nbd_transport_set_timeout(t, 0);
   *out = nbd_conn_new(t, &info);
   return 0;
 }

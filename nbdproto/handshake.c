@@ -33,6 +33,7 @@ struct session {
   uint16_t gflags;
   bool no_zeroes;        /* both sides agreed (H6) */
   bool tls;              /* TLS is up on t */
+  bool starttls_dropped; /* the server hung up on STARTTLS */
   GError **error;
 };
 
@@ -196,17 +197,89 @@ greet(struct session *s)
   return nbd_transport_write(s->t, &cflags, sizeof cflags, s->error);
 }
 
-/* T7, T14: under prefer or require STARTTLS is the very first option.
- * TLS itself arrives with its own module; until then a user who
- * requires TLS is refused plainly rather than silently downgraded. */
+/* The reply to STARTTLS.  A server that hangs up instead of answering
+ * (old qemu did) is remembered, so that nbd_connect_*() may try once
+ * more without TLS under prefer. */
+static int
+read_starttls_reply(struct session *s, struct reply *r)
+{
+  int rc;
+
+  rc = read_reply(s, NBD_OPT_STARTTLS, r);
+  if (rc == -ECONNRESET) {
+    s->starttls_dropped = true;
+    if (s->error != NULL)
+      g_clear_error(s->error);
+    return nbd_set_error(s->error, ECONNRESET,
+                         "tls: %s: server closed the connection in reply "
+                         "to STARTTLS", s->t->name);
+  }
+  return rc;
+}
+
+/* T7, T14: under prefer or require STARTTLS is the very first option,
+ * so that all later haggling is protected; greet() has already refused
+ * a server without fixed newstyle (T1).  Nothing stateful was sent
+ * before it, so there is nothing for the server to forget (T8); the
+ * options that follow are negotiated over TLS. */
 static int
 negotiate_tls(struct session *s)
 {
-  if (s->o->tls == NBD_TLS_REQUIRE)
-    return nbd_set_error(s->error, ENOTSUP,
-                         "tls: %s: this build of nbdfs cannot start TLS; "
-                         "not continuing without it", s->t->name);
-  return 0;
+  struct reply r = { 0 };
+  int rc;
+
+  /* T2: never a second STARTTLS once TLS is up. */
+  if (s->o->tls == NBD_TLS_OFF || s->tls)
+    return 0;
+  if (s->o->tls_config == NULL)
+    return nbd_set_error(s->error, EINVAL,
+                         "tls: %s: no TLS credentials were loaded for "
+                         "this connection", s->t->name);
+
+  /* T3: STARTTLS carries no data. */
+  rc = send_option(s, NBD_OPT_STARTTLS, NULL, 0);
+  if (rc == 0)
+    rc = read_starttls_reply(s, &r);
+  if (rc < 0)
+    goto out;
+
+  if (r.type == NBD_REP_ACK) {
+    /* The ACK is read with exact-length reads, so nothing past it sits
+     * in a buffer of ours; nbd_tls_start() checks the socket (T17). */
+    if (r.len != 0) {
+      rc = nbd_set_error(s->error, EPROTO,
+                         "tls: %s: NBD_REP_ACK to STARTTLS carries %"
+                         PRIu32 " bytes of data (T17)", s->t->name, r.len);
+      goto out;
+    }
+
+    /* T4, T6: the TLS handshake starts at once; if it fails there is
+     * no way back to plaintext, and the caller hangs up. */
+    rc = nbd_tls_start(s->t, s->o->tls_config, s->error);
+    if (rc == 0)
+      s->tls = true;
+    goto out;
+  }
+  if (!(r.type & NBD_REP_FLAG_ERROR)) {
+    rc = unexpected_reply(s, &r);
+    goto out;
+  }
+
+  /* T5: any error reply means no TLS.  Whoever insists on TLS ends the
+   * session softly (T14: this may be a downgrade attack). */
+  if (s->o->tls == NBD_TLS_REQUIRE) {
+    rc = nbd_set_error(s->error, ENOTSUP,
+                       "tls: server refused STARTTLS (%s); not continuing "
+                       "without TLS", nbd_rep_name(r.type));
+    send_abort(s);
+    goto out;
+  }
+  nbd_log(NBD_LOG_INFO, "tls: %s: server refused STARTTLS (%s); "
+          "continuing without TLS", s->t->name, nbd_rep_name(r.type));
+
+out:
+  reply_clear(&r);
+  return rc;
 }
 
 static int
@@ -216,6 +289,23 @@ tls_required_error(struct session *s, const char *what)
                        "%s: %s: the server requires TLS; connect with "
                        "nbds:// or --tls=require (T9)",
                        what, s->t->name);
+}
+
+/* NBD_REP_ERR_TLS_REQD to an option other than INFO or GO.  Before TLS
+ * no option will work without it (T9): end the session softly.  Once
+ * TLS is up a compliant server never sends it (T12). */
+static int
+tls_reqd(struct session *s, const char *what)
+{
+  int rc;
+
+  if (s->tls)
+    return nbd_set_error(s->error, EPROTO,
+                         "%s: %s: NBD_REP_ERR_TLS_REQD after TLS was "
+                         "started (T12)", what, s->t->name);
+  rc = tls_required_error(s, what);
+  send_abort(s); /* D1 */
+  return rc;
 }
 
 /* H23: structured replies, needed for block status and sparse reads. */
@@ -231,12 +321,13 @@ negotiate_structured(struct session *s, struct nbd_export_info *info)
   if (rc < 0)
     goto out;
 
-  if (r.type == NBD_REP_ACK)
+  if (r.type == NBD_REP_ACK) {
     info->structured = true;
-  else if (r.type == NBD_REP_ERR_TLS_REQD && !s->tls)
-    rc = tls_required_error(s, "handshake");
-  else if (!(r.type & NBD_REP_FLAG_ERROR))
+  } else if (r.type == NBD_REP_ERR_TLS_REQD) {
+    rc = tls_reqd(s, "handshake");
+  } else if (!(r.type & NBD_REP_FLAG_ERROR)) {
     rc = unexpected_reply(s, &r);
+  }
   /* Any other error: simple replies only (H23 SHOULD handle). */
 
 out:
@@ -286,8 +377,8 @@ negotiate_meta_context(struct session *s, struct nbd_export_info *info)
     if (r.type & NBD_REP_FLAG_ERROR) {
       /* H24: an error discards whatever came before it. */
       have = false;
-      if (r.type == NBD_REP_ERR_TLS_REQD && !s->tls)
-        rc = tls_required_error(s, "handshake");
+      if (r.type == NBD_REP_ERR_TLS_REQD)
+        rc = tls_reqd(s, "handshake");
       break;
     }
     if (r.type != NBD_REP_META_CONTEXT) {
@@ -435,11 +526,14 @@ check_export(struct session *s, struct nbd_export_info *info)
     return 0;
   }
 
-  /* S6: refuse constraints that cannot be obeyed consistently. */
+  /* S6: refuse constraints that cannot be obeyed consistently.  A
+   * maximum of 0xffffffff means "no limit" (nbdkit's default), not a
+   * size that must be a multiple of the minimum. */
   if (!is_pow2(info->min_block) || info->min_block > NBD_MAX_MIN_BLOCK ||
       !is_pow2(info->pref_block) || info->pref_block < info->min_block ||
       info->max_payload < info->pref_block ||
-      info->max_payload % info->min_block != 0)
+      (info->max_payload != UINT32_MAX &&
+       info->max_payload % info->min_block != 0))
     return nbd_set_error(s->error, EPROTO,
                          "handshake: %s: invalid block sizes min=%" PRIu32
                          " preferred=%" PRIu32 " max=%" PRIu32 " (S6)",
@@ -447,9 +541,13 @@ check_export(struct session *s, struct nbd_export_info *info)
                          info->max_payload);
 
   /* S13: never ask for more than 32 MiB in one command, whatever the
-   * server allows; 0xffffffff means "no limit". */
+   * server allows; 0xffffffff means "no limit".  A preferred size
+   * above that comes down with it, so that preferred <= maximum still
+   * holds (S6) for whoever sizes requests from these numbers. */
   if (info->max_payload > NBD_DEFAULT_MAX_PAYLOAD)
     info->max_payload = NBD_DEFAULT_MAX_PAYLOAD;
+  if (info->pref_block > info->max_payload)
+    info->pref_block = info->max_payload;
   return 0;
 }
 
@@ -540,15 +638,19 @@ go(struct session *s, struct nbd_export_info *info)
     }
     if (r.type == NBD_REP_ERR_UNSUP) {
       /* H21: an old server; EXPORT_NAME is the way in.  The INFO
-       * replies before the error count for nothing. */
+       * replies before the error count for nothing, so forget what
+       * they set (the S4 defaults apply again). */
       reply_clear(&r);
+      nbd_export_info_clear(info);
+      info->block_size_advertised = false;
       return export_name(s, info);
     }
     if (r.type & NBD_REP_FLAG_ERROR) {
+      /* H13, D1, H12: an error reply is a refusal, not a violation
+       * (save TLS_REQD under TLS, T12), so the session ends softly. */
       rc = go_error(s, &r);
-      if (r.type == NBD_REP_ERR_SHUTDOWN || r.type == NBD_REP_ERR_UNKNOWN ||
-          r.type == NBD_REP_ERR_TLS_REQD || r.type == NBD_REP_ERR_POLICY)
-        send_abort(s); /* H13, D1 */
+      if (rc != -EPROTO)
+        send_abort(s);
       break;
     }
     if (r.type != NBD_REP_INFO) {
@@ -587,6 +689,15 @@ int
 nbd_handshake_go(struct nbd_transport *t, const struct nbd_handshake_opts *o,
                  struct nbd_export_info *info, GError **error)
 {
+  return nbd_handshake_go_ex(t, o, info, NULL, error);
+}
+
+int
+nbd_handshake_go_ex(struct nbd_transport *t,
+                    const struct nbd_handshake_opts *o,
+                    struct nbd_export_info *info, bool *starttls_dropped,
+                    GError **error)
+{
   struct session s = { .t = t, .o = o, .error = error };
   int rc;
 
@@ -607,6 +718,10 @@ nbd_handshake_go(struct nbd_transport *t, const struct nbd_handshake_opts *o,
 
   info->gflags = s.gflags;
   info->tls = s.tls;
+  if (rc == 0 && s.tls)
+    nbd_tls_describe(t, info);
+  if (starttls_dropped != NULL)
+    *starttls_dropped = s.starttls_dropped;
   if (rc == 0 && info->name == NULL)
     info->name = g_strdup(o->export_name);
   if (rc < 0)
@@ -619,6 +734,9 @@ nbd_export_info_clear(struct nbd_export_info *info)
 {
   g_clear_pointer(&info->name, g_free);
   g_clear_pointer(&info->description, g_free);
+  g_clear_pointer(&info->tls_version, g_free);
+  g_clear_pointer(&info->tls_cipher, g_free);
+  g_clear_pointer(&info->tls_peer, g_free);
 }
 
 static void
@@ -657,6 +775,15 @@ nbd_handshake_list(struct nbd_transport *t,
                    const struct nbd_handshake_opts *o, size_t max_entries,
                    GPtrArray **out, GError **error)
 {
+  return nbd_handshake_list_ex(t, o, max_entries, out, NULL, error);
+}
+
+int
+nbd_handshake_list_ex(struct nbd_transport *t,
+                      const struct nbd_handshake_opts *o,
+                      size_t max_entries, GPtrArray **out,
+                      bool *starttls_dropped, GError **error)
+{
   struct session s = { .t = t, .o = o, .error = error };
   g_autoptr(GPtrArray) list = g_ptr_array_new_with_free_func(
     export_entry_free);
@@ -675,9 +802,8 @@ nbd_handshake_list(struct nbd_transport *t,
       break;
     if (r.type == NBD_REP_ACK)
       break;
-    if (r.type == NBD_REP_ERR_TLS_REQD && !s.tls) {
-      rc = tls_required_error(&s, "list exports");
-      send_abort(&s);
+    if (r.type == NBD_REP_ERR_TLS_REQD) {
+      rc = tls_reqd(&s, "list exports");
       break;
     }
     if (r.type & NBD_REP_FLAG_ERROR) {
@@ -700,6 +826,8 @@ nbd_handshake_list(struct nbd_transport *t,
     rc = parse_server(&s, &r, list);
   }
   reply_clear(&r);
+  if (starttls_dropped != NULL)
+    *starttls_dropped = s.starttls_dropped;
 
   if (rc == 0) {
     send_abort(&s);

@@ -20,6 +20,9 @@ struct nbd_transport_ops {
   ssize_t (*sendv)(struct nbd_transport *t, struct iovec *iov, int iovcnt);
   size_t (*pending)(struct nbd_transport *t);
   void (*close)(struct nbd_transport *t);
+  /* Why the last recv (sending false) or sendv (true) failed, when the
+   * errno alone says too little (a TLS alert); else NULL. */
+  const char *(*why)(struct nbd_transport *t, bool sending);
   const char *what; /* "plain", "tls" */
 };
 
@@ -62,5 +65,31 @@ nbd_get64(const void *p)
  * NUL-terminated string fit for a log line: control characters and
  * invalid UTF-8 become '?' (V29). */
 char *nbd_sanitize(const void *data, size_t len, size_t max);
+
+/* ---- TLS (tls.c) ---- */
+
+/* T4: runs the TLS handshake at once on t's socket and, when it
+ * succeeds, swaps t's recv/sendv pair for the TLS one.  On failure t
+ * is left for a hard disconnect (T6).  Returns 0 or a negative errno
+ * with a message that names the cause. */
+int nbd_tls_start(struct nbd_transport *t, struct nbd_tls_config *cfg,
+                  GError **error);
+
+/* Copies the TLS version, cipher and peer of t into info. */
+void nbd_tls_describe(struct nbd_transport *t, struct nbd_export_info *info);
+
+/* ---- Handshake variants for nbd_connect_*() (handshake.c) ---- */
+
+/* As nbd_handshake_go() and nbd_handshake_list(); *starttls_dropped
+ * tells whether the server closed the connection in reply to
+ * STARTTLS. */
+int nbd_handshake_go_ex(struct nbd_transport *t,
+                        const struct nbd_handshake_opts *o,
+                        struct nbd_export_info *info,
+                        bool *starttls_dropped, GError **error);
+int nbd_handshake_list_ex(struct nbd_transport *t,
+                          const struct nbd_handshake_opts *o,
+                          size_t max_entries, GPtrArray **out,
+                          bool *starttls_dropped, GError **error);
 
 #endif /* NBDFS_NBDPROTO_INTERNAL_H */

@@ -33,6 +33,22 @@ GQuark nbdproto_error_quark(void);
 int nbd_set_error(GError **error, int err, const char *fmt, ...)
   G_GNUC_PRINTF(3, 4);
 
+/* ---- Log lines (log.c) ------------------------------------------------- */
+
+/* nbdproto reports what is no error but matters to the user (a warning:
+ * verification turned off, a key file others can read) and lifecycle
+ * events (info: TLS version and cipher).  When the hook is NULL,
+ * warnings go to stderr and the rest is dropped. */
+enum nbd_log_level {
+  NBD_LOG_WARNING,
+  NBD_LOG_INFO,
+  NBD_LOG_DEBUG,
+};
+
+extern void (*nbd_log_hook)(enum nbd_log_level level, const char *line);
+void nbd_log(enum nbd_log_level level, const char *fmt, ...)
+  G_GNUC_PRINTF(2, 3);
+
 /* ---- URIs (uri.c) ------------------------------------------------------ */
 
 enum nbd_tls_policy {
@@ -123,11 +139,72 @@ void nbd_transport_free(struct nbd_transport *t);
 const char *nbd_transport_name(const struct nbd_transport *t);
 int nbd_transport_fd(const struct nbd_transport *t);
 
+/* ---- TLS (tls.c, certfetch.c, tls-options.c) ------------------------- */
+
+/* What the command line says about TLS credentials.  NULL or -1 means
+ * "not given": the URI's parameter of the same meaning applies, else the
+ * default.  A command-line value overrides the URI's. */
+struct nbd_tls_settings {
+  char *certificates;        /* DIR or URL: ca-cert.pem, client-cert.pem,
+                              * client-key.pem */
+  char *ca;                  /* CA file or https:// / file:// URL */
+  char *cert;                /* client certificate, file or URL */
+  char *key;                 /* client key, local file only */
+  char *ca_pin;              /* "sha256:HEX" of the fetched CA file */
+  char *psk_file;            /* username:hexkey lines (psktool) */
+  char *username;            /* PSK identity */
+  char *hostname;            /* name to verify, and SNI */
+  int verify_peer;           /* -1 default (yes), 0 or 1 */
+  char *priority;            /* gnutls priority string */
+  bool no_fetch;             /* never touch the network for credentials */
+
+  /* Not on the command line; tests set them. */
+  char *cache_dir;           /* NULL: $XDG_CACHE_HOME/nbdfs */
+  unsigned fetch_timeout_s;  /* 0: 30 seconds */
+  size_t fetch_max_bytes;    /* 0: 1 MiB */
+};
+
+/* Credentials, priorities and the name to verify, loaded once per
+ * export and shared by all its connections and reconnects (T13: each
+ * connection still decides TLS afresh).  Thread-safe; reference
+ * counted. */
+struct nbd_tls_config;
+
+/* Loads what s and uri name (files read and URLs fetched now, so that
+ * a bad file fails before anything connects).  Returns 0, or a
+ * negative errno with a message naming the file or URL and the
+ * cause. */
+int nbd_tls_config_new(const struct nbd_tls_settings *s,
+                       const struct nbd_uri *uri,
+                       struct nbd_tls_config **out, GError **error);
+struct nbd_tls_config *nbd_tls_config_ref(struct nbd_tls_config *cfg);
+/* Drops one reference; NULL is accepted. */
+void nbd_tls_config_free(struct nbd_tls_config *cfg);
+
+typedef struct nbd_tls_config nbd_tls_config;
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(nbd_tls_config, nbd_tls_config_free)
+
+/* The command-line options of nbdfs and nbdfs-info that fill s, as a
+ * group that --help-tls and --help-all show: --tls-certificates,
+ * --tls-ca, --tls-cert, --tls-key, --tls-ca-pin, --tls-psk-file,
+ * --tls-username, --tls-hostname, --tls-verify-peer, --tls-priority,
+ * --tls-no-fetch.  Add it with g_option_context_add_group(), which
+ * takes it over; s must outlive the parse.  Call
+ * nbd_tls_settings_clear() at exit. */
+GOptionGroup *nbd_tls_option_group(struct nbd_tls_settings *s);
+void nbd_tls_settings_clear(struct nbd_tls_settings *s);
+
+/* The policy from --tls (NULL when not given) and the URI: off for
+ * nbd://, require for nbds:// (U2), which no option can weaken. */
+int nbd_tls_policy_parse(const char *text, const struct nbd_uri *uri,
+                         enum nbd_tls_policy *out, GError **error);
+
 /* ---- Handshake (handshake.c) ------------------------------------------ */
 
 struct nbd_handshake_opts {
   const char *export_name;   /* "" selects the default export */
   enum nbd_tls_policy tls;
+  struct nbd_tls_config *tls_config; /* needed unless tls is off */
   bool no_structured;        /* do not ask for structured replies */
   bool no_block_status;      /* do not ask for base:allocation */
 };
@@ -147,6 +224,10 @@ struct nbd_export_info {
   uint32_t alloc_ctx_id;
   bool export_name_fallback; /* GO was unsupported (H21) */
   bool tls;
+  char *tls_version;         /* "TLS1.3"; NULL without TLS */
+  char *tls_cipher;          /* "AES-256-GCM" */
+  char *tls_peer;            /* certificate subject, or "PSK identity
+                              * NAME" */
 };
 
 void nbd_export_info_clear(struct nbd_export_info *info);
@@ -171,6 +252,18 @@ int nbd_handshake_list(struct nbd_transport *t,
                        const struct nbd_handshake_opts *o,
                        size_t max_entries, GPtrArray **out,
                        GError **error);
+
+/* Connect to uri and run nbd_handshake_go() or nbd_handshake_list()
+ * on the new transport.  Under prefer, a server that hangs up in reply
+ * to STARTTLS (old qemu did) is tried once more without TLS, with a
+ * warning.  nbd_connect_go() hands over the transport in *t. */
+int nbd_connect_go(const struct nbd_uri *uri,
+                   const struct nbd_handshake_opts *o,
+                   struct nbd_transport **t, struct nbd_export_info *info,
+                   GError **error);
+int nbd_connect_list(const struct nbd_uri *uri,
+                     const struct nbd_handshake_opts *o,
+                     size_t max_entries, GPtrArray **out, GError **error);
 
 /* ---- Connection: the transmission phase (conn.c) ---------------------- */
 

@@ -224,13 +224,16 @@ nbd_transport_read_some(struct nbd_transport *t, void *buf, size_t len,
                         GError **error)
 {
   ssize_t n = t->ops->recv(t, buf, len);
+  const char *why;
 
   if (n == -ETIMEDOUT)
     return nbd_set_error(error, ETIMEDOUT, "receive: %s: the server did "
                          "not answer in time", t->name);
-  if (n < 0)
+  if (n < 0) {
+    why = t->ops->why ? t->ops->why(t, false) : NULL;
     return nbd_set_error(error, -n, "receive: %s: %s", t->name,
-                         g_strerror(-n));
+                         why ? why : g_strerror(-n));
+  }
   return n;
 }
 
@@ -263,10 +266,13 @@ nbd_transport_writev(struct nbd_transport *t, struct iovec *iov, int iovcnt,
 {
   while (iovcnt > 0) {
     ssize_t n = t->ops->sendv(t, iov, iovcnt);
+    const char *why;
 
-    if (n < 0)
+    if (n < 0) {
+      why = t->ops->why ? t->ops->why(t, true) : NULL;
       return nbd_set_error(error, -n, "send: %s: %s", t->name,
-                           g_strerror(-n));
+                           why ? why : g_strerror(-n));
+    }
 
     /* Step over what went out; a partial write leaves the rest of the
      * current element to the next round. */

@@ -699,7 +699,8 @@ tl_qemu_nbd_start(const char *file, const char *format,
 /* ---- nbd-server ---- */
 
 static char *
-nbd_server_config(const struct tl_export *exports, int port)
+nbd_server_config(const struct tl_export *exports, const char *generic,
+                  int port)
 {
   GString *conf = g_string_new(NULL);
 
@@ -708,8 +709,8 @@ nbd_server_config(const struct tl_export *exports, int port)
                          "[generic]\n"
                          "listenaddr = 127.0.0.1\n"
                          "port = %d\n"
-                         "allowlist = true\n",
-                         port);
+                         "allowlist = true\n%s",
+                         port, generic ? generic : "");
 
   /* The section name is the export name a client asks for; exportname
    * is, confusingly, the backing file.
@@ -718,9 +719,10 @@ nbd_server_config(const struct tl_export *exports, int port)
     g_string_append_printf(conf,
                            "[%s]\n"
                            "exportname = %s\n"
-                           "readonly = %s\n",
+                           "readonly = %s\n%s",
                            exports[i].name, exports[i].path,
-                           exports[i].readonly ? "true" : "false");
+                           exports[i].readonly ? "true" : "false",
+                           exports[i].extra ? exports[i].extra : "");
   return g_string_free(conf, false);
 }
 
@@ -793,7 +795,7 @@ owns_listener(pid_t pid, int port)
  */
 static bool
 nbd_server_try(struct tl_server *s, const struct tl_export *exports,
-               GError **error)
+               const char *generic, GError **error)
 {
   g_autoptr(GError) err = NULL;
   g_autofree char *conf = NULL;
@@ -807,7 +809,7 @@ nbd_server_try(struct tl_server *s, const struct tl_export *exports,
   if (s->port < 0)
     return false;
 
-  conf = nbd_server_config(exports, s->port);
+  conf = nbd_server_config(exports, generic, s->port);
   if (!g_file_set_contents(s->config, conf, -1, &err)) {
     g_set_error(error, TL_ERROR, EIO, "write: %s: %s", s->config,
                 err->message);
@@ -852,6 +854,13 @@ nbd_server_try(struct tl_server *s, const struct tl_export *exports,
 struct tl_server *
 tl_nbd_server_start(const struct tl_export *exports, GError **error)
 {
+  return tl_nbd_server_start_with(exports, NULL, error);
+}
+
+struct tl_server *
+tl_nbd_server_start_with(const struct tl_export *exports,
+                         const char *generic, GError **error)
+{
   g_autoptr(GError) last = NULL;
   struct tl_server *s = server_new("nbd-server");
 
@@ -864,7 +873,7 @@ tl_nbd_server_start(const struct tl_export *exports, GError **error)
    */
   for (int attempt = 0; attempt < TCP_ATTEMPTS; attempt++) {
     g_clear_error(&last);
-    if (nbd_server_try(s, exports, &last))
+    if (nbd_server_try(s, exports, generic, &last))
       return s;
     if (!g_error_matches(last, TL_ERROR, EADDRINUSE))
       break;

@@ -47,6 +47,7 @@ struct tl_export {
   const char *name;
   const char *path;
   bool readonly;
+  const char *extra;  /* more "key = value" lines for the section */
 };
 
 /* Replaces g_test_init(): also makes the temporary directory and
@@ -81,6 +82,13 @@ struct tl_server *tl_nbdkit_start_tcp(const char *const *args,
  */
 struct tl_server *tl_nbd_server_start(const struct tl_export *exports,
                                       GError **error);
+
+/* The same with GENERIC (may be NULL) added to the [generic] section,
+ * e.g. the TLS keys "certfile = ...\nkeyfile = ...\n".
+ */
+struct tl_server *tl_nbd_server_start_with(const struct tl_export *exports,
+                                           const char *generic,
+                                           GError **error);
 
 /* qemu-nbd serving FILE in FORMAT ("raw", "qcow2") as EXPORT_NAME on a
  * fresh Unix socket, persistent and shareable by several clients.

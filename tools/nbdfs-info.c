@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <locale.h>
 #include <stdlib.h>
 
 #include "config.h"
@@ -24,6 +25,7 @@ static gboolean opt_list;
 static gboolean opt_json;
 static gboolean opt_version;
 static char *opt_tls;
+static struct nbd_tls_settings tls_settings;
 
 static GOptionEntry entries[] = {
   { "list", 'l', 0, G_OPTION_ARG_NONE, &opt_list,
@@ -78,6 +80,11 @@ print_info_text(const struct nbd_export_info *in)
   printf("block status:  %s\n", in->block_status ? "base:allocation"
                                                  : "no");
   printf("tls:           %s\n", in->tls ? "yes" : "no");
+  if (in->tls) {
+    printf("tls version:   %s\n", in->tls_version);
+    printf("tls cipher:    %s\n", in->tls_cipher);
+    printf("tls peer:      %s\n", in->tls_peer ? in->tls_peer : "?");
+  }
   if (in->export_name_fallback)
     printf("negotiation:   NBD_OPT_EXPORT_NAME (server lacks GO)\n");
 }
@@ -114,7 +121,7 @@ print_info_json(const struct nbd_export_info *in)
                          "  \"block_sizes_advertised\": %s,\n"
                          "  \"structured_replies\": %s,\n"
                          "  \"block_status\": %s,\n"
-                         "  \"tls\": %s\n}\n",
+                         "  \"tls\": %s",
                          in->tflags & NBD_FLAG_READ_ONLY ? "true" : "false",
                          in->tflags & NBD_FLAG_CAN_MULTI_CONN ? "true"
                                                               : "false",
@@ -123,6 +130,15 @@ print_info_json(const struct nbd_export_info *in)
                          in->structured ? "true" : "false",
                          in->block_status ? "true" : "false",
                          in->tls ? "true" : "false");
+  if (in->tls) {
+    g_string_append(out, ",\n  \"tls_version\": ");
+    json_string(out, in->tls_version ? in->tls_version : "");
+    g_string_append(out, ",\n  \"tls_cipher\": ");
+    json_string(out, in->tls_cipher ? in->tls_cipher : "");
+    g_string_append(out, ",\n  \"tls_peer\": ");
+    json_string(out, in->tls_peer ? in->tls_peer : "");
+  }
+  g_string_append(out, "\n}\n");
   fputs(out->str, stdout);
 }
 
@@ -153,31 +169,16 @@ print_list(GPtrArray *list)
   fputs(out->str, stdout);
 }
 
-static int
-parse_policy(const char *s, const struct nbd_uri *uri,
-             enum nbd_tls_policy *out, GError **error)
+static void
+log_line(enum nbd_log_level level, const char *line)
 {
-  if (s == NULL)
-    *out = uri->tls_required ? NBD_TLS_REQUIRE : NBD_TLS_OFF;
-  else if (strcmp(s, "off") == 0)
-    *out = NBD_TLS_OFF;
-  else if (strcmp(s, "prefer") == 0)
-    *out = NBD_TLS_PREFER;
-  else if (strcmp(s, "require") == 0)
-    *out = NBD_TLS_REQUIRE;
-  else
-    return nbd_set_error(error, EINVAL,
-                         "parse options: --tls=%s: expected off, prefer "
-                         "or require", s);
-
-  /* U2: nbds:// means TLS is required, whatever else was said. */
-  if (uri->tls_required && *out != NBD_TLS_REQUIRE)
-    return nbd_set_error(error, EINVAL,
-                         "parse options: --tls=%s: %s:// URIs always "
-                         "require TLS", s, uri->scheme);
-  return 0;
+  if (level == NBD_LOG_WARNING)
+    fprintf(stderr, "nbdfs-info: warning: %s\n", line);
 }
 
+/* Shows the export or the list.  Returns the exit status: 0, 1 when the
+ * server, the export or the credentials fail, 2 for a malformed URI or
+ * option value. */
 static int
 run(const char *text, GError **error)
 {
@@ -186,25 +187,29 @@ run(const char *text, GError **error)
   struct nbd_transport *t = NULL;
   int rc;
 
+  /* A malformed URI or option value is bad usage (2), like an unknown
+   * option; what fails after it is the server's or the credentials'. */
   rc = nbd_uri_parse(text, &uri, error);
   if (rc == 0)
-    rc = parse_policy(opt_tls, uri, &o.tls, error);
-  if (rc == 0)
-    rc = nbd_transport_connect(uri, &t, error);
+    rc = nbd_tls_policy_parse(opt_tls, uri, &o.tls, error);
   if (rc < 0)
-    return rc;
+    return 2;
+  if (o.tls != NBD_TLS_OFF)
+    rc = nbd_tls_config_new(&tls_settings, uri, &o.tls_config, error);
+  if (rc < 0)
+    return 1;
   o.export_name = uri->export_name;
 
   if (opt_list) {
     g_autoptr(GPtrArray) list = NULL;
 
-    rc = nbd_handshake_list(t, &o, MAX_LIST_ENTRIES, &list, error);
+    rc = nbd_connect_list(uri, &o, MAX_LIST_ENTRIES, &list, error);
     if (rc == 0)
       print_list(list);
   } else {
     struct nbd_export_info info;
 
-    rc = nbd_handshake_go(t, &o, &info, error);
+    rc = nbd_connect_go(uri, &o, &t, &info, error);
     if (rc == 0) {
       struct nbd_conn *c = nbd_conn_new(t, &info);
 
@@ -217,7 +222,8 @@ run(const char *text, GError **error)
     }
   }
   nbd_transport_free(t);
-  return rc;
+  nbd_tls_config_free(o.tls_config);
+  return rc < 0 ? 1 : 0;
 }
 
 int
@@ -225,8 +231,12 @@ main(int argc, char **argv)
 {
   g_autoptr(GOptionContext) ctx = g_option_context_new("URI");
   g_autoptr(GError) error = NULL;
+  int status;
 
+  setlocale(LC_ALL, "");
   g_option_context_add_main_entries(ctx, entries, NULL);
+  g_option_context_add_group(ctx, nbd_tls_option_group(&tls_settings));
+  nbd_log_hook = log_line;
   g_option_context_set_summary(ctx,
     "Show the size, flags and limits of an NBD export, or list the\n"
     "exports of a server.  URI is nbd://HOST[:PORT]/EXPORT,\n"
@@ -245,9 +255,9 @@ main(int argc, char **argv)
     return 2;
   }
 
-  if (run(argv[1], &error) < 0) {
+  status = run(argv[1], &error);
+  if (status != 0)
     fprintf(stderr, "nbdfs-info: %s\n", error->message);
-    return 1;
-  }
-  return 0;
+  nbd_tls_settings_clear(&tls_settings);
+  return status;
 }
