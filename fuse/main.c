@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <locale.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,6 +45,7 @@ static char **opt_o;
 static char *opt_name;
 static char *opt_cache;
 static char *opt_tls;
+static struct nbd_tls_settings tls_settings; /* the --tls-* options */
 
 static GOptionEntry entries[] = {
   { "foreground", 'f', 0, G_OPTION_ARG_NONE, &opt_foreground,
@@ -55,15 +57,13 @@ static GOptionEntry entries[] = {
   { "readonly", 'r', 0, G_OPTION_ARG_NONE, &opt_readonly,
     "Refuse all writes", NULL },
   { "connections", 'C', 0, G_OPTION_ARG_INT, &opt_connections,
-    "Connections per export (default 4 with multi-conn, else 1)", "N" },
+    "Connections per export (multi-conn: 4, else 1)", "N" },
   { "reconnect-timeout", 0, 0, G_OPTION_ARG_INT, &opt_reconnect_timeout,
-    "Seconds I/O waits for a lost server before failing (60)", "S" },
+    "Seconds I/O waits for a lost server (60)", "S" },
   { "request-timeout", 0, 0, G_OPTION_ARG_INT, &opt_request_timeout,
-    "Seconds without a reply before a connection is redone "
-    "(60, 0: never)", "S" },
+    "Redo a connection silent for S s (60; 0: off)", "S" },
   { "replay-limit", 0, 0, G_OPTION_ARG_INT, &opt_replay_limit,
-    "MiB of unflushed writes kept to write again after a reconnect "
-    "(64)", "MIB" },
+    "MiB of unflushed writes kept for replay (64)", "MIB" },
   { "name", 'n', 0, G_OPTION_ARG_STRING, &opt_name,
     "File name of the export (one URI only)", "NAME" },
   { "all", 'a', 0, G_OPTION_ARG_NONE, &opt_all,
@@ -94,6 +94,20 @@ static const char *const fuse_opts[] = {
   "dirsync", NULL,
 };
 
+/* nbdfs's own options that -o also takes, as NAME or NAME=VALUE, so
+ * that an fstab line can say everything; so does every tls-* option.
+ * The others (foreground, help, version, -o itself) make no sense in
+ * fstab. */
+static const char *const own_opts[] = {
+  "readonly", "connections", "cache", "tls", "name", "reconnect-timeout",
+  "request-timeout", "replay-limit", "all", "verbose", "debug", NULL,
+};
+
+/* Those that take no value: GOption would quietly drop one. */
+static const char *const own_flags[] = {
+  "readonly", "all", "verbose", "debug", "tls-no-fetch", NULL,
+};
+
 static bool
 in_list(const char *const *list, const char *s)
 {
@@ -103,9 +117,41 @@ in_list(const char *const *list, const char *s)
   return false;
 }
 
+static bool
+is_own_opt(const char *opt)
+{
+  g_autofree char *name = g_strndup(opt, strcspn(opt, "="));
+
+  return in_list(own_opts, name) || g_str_has_prefix(name, "tls-");
+}
+
+/* Parses -o NAME[=VALUE] as --NAME[=VALUE], with the parser of the
+ * command line, so that the value is checked and stored as it would be
+ * there.  Being parsed later, it wins over the same option given on
+ * the command line. */
+static int
+parse_own_opt(GOptionContext *ctx, const char *opt, GError **error)
+{
+  g_autofree char *arg = g_strconcat("--", opt, NULL);
+  g_autofree char *name = g_strndup(opt, strcspn(opt, "="));
+  char *argv[] = { "nbdfs", arg, NULL };
+  char **v = argv;
+  int argc = 2;
+  g_autoptr(GError) local = NULL;
+
+  if (in_list(own_flags, name) && strchr(opt, '=') != NULL)
+    return nbd_set_error(error, EINVAL, "parse options: -o %s: %s takes "
+                         "no value", opt, name);
+  if (!g_option_context_parse(ctx, &argc, &v, &local))
+    return nbd_set_error(error, EINVAL, "parse options: -o %s: %s", opt,
+                         local->message);
+  return 0;
+}
+
 /* Sorts the -o options into ours and libfuse's. */
 static int
-parse_mount_opts(struct fs *fs, struct fuse_args *args, GError **error)
+parse_mount_opts(GOptionContext *ctx, struct fs *fs, struct fuse_args *args,
+                 GError **error)
 {
   for (char **o = opt_o; o && *o; o++) {
     g_auto(GStrv) parts = g_strsplit(*o, ",", -1);
@@ -117,6 +163,11 @@ parse_mount_opts(struct fs *fs, struct fuse_args *args, GError **error)
       if (*opt == '\0' || in_list(ignored_opts, opt) ||
           g_str_has_prefix(opt, "x-") || g_str_has_prefix(opt, "comment="))
         continue;
+      if (is_own_opt(opt)) {
+        if (parse_own_opt(ctx, opt, error) < 0)
+          return -EINVAL;
+        continue;
+      }
       if (g_str_has_prefix(opt, "uid=") || g_str_has_prefix(opt, "gid=")) {
         unsigned long v = strtoul(opt + 4, &end, 10);
 
@@ -150,25 +201,18 @@ static int
 parse_policy(const struct nbd_uri *uri, enum nbd_tls_policy *out,
              GError **error)
 {
-  const char *s = opt_tls;
+  return nbd_tls_policy_parse(opt_tls, uri, out, error);
+}
 
-  if (s == NULL)
-    *out = uri->tls_required ? NBD_TLS_REQUIRE : NBD_TLS_OFF;
-  else if (strcmp(s, "off") == 0)
-    *out = NBD_TLS_OFF;
-  else if (strcmp(s, "prefer") == 0)
-    *out = NBD_TLS_PREFER;
-  else if (strcmp(s, "require") == 0)
-    *out = NBD_TLS_REQUIRE;
-  else
-    return nbd_set_error(error, EINVAL,
-                         "parse options: --tls=%s: expected off, prefer "
-                         "or require", s);
-  if (uri->tls_required && *out != NBD_TLS_REQUIRE)
-    return nbd_set_error(error, EINVAL,
-                         "parse options: --tls=%s: %s:// URIs always "
-                         "require TLS", s, uri->scheme);
-  return 0;
+/* The TLS credentials of one export, loaded once and shared by all its
+ * connections and reconnects. */
+static int
+load_tls(const struct nbd_uri *uri, struct nbd_handshake_opts *o,
+         GError **error)
+{
+  if (o->tls == NBD_TLS_OFF)
+    return 0;
+  return nbd_tls_config_new(&tls_settings, uri, &o->tls_config, error);
 }
 
 /* The file name of an export: its name with '/' made '_', or "disk". */
@@ -224,18 +268,18 @@ add_listed_exports(struct fs *fs, const char *text, GError **error)
   g_autoptr(nbd_uri) base = NULL;
   g_autoptr(GPtrArray) list = NULL;
   struct nbd_handshake_opts o = { .export_name = "" };
-  struct nbd_transport *t = NULL;
+  g_autoptr(nbd_tls_config) tls = NULL;
   int rc;
 
   rc = nbd_uri_parse(text, &base, error);
   if (rc == 0)
     rc = parse_policy(base, &o.tls, error);
+  if (rc == 0)
+    rc = load_tls(base, &o, error);
+  tls = o.tls_config;
   if (rc < 0)
     return EXIT_USAGE;
-  rc = nbd_transport_connect(base, &t, error);
-  if (rc == 0)
-    rc = nbd_handshake_list(t, &o, MAX_LIST_ENTRIES, &list, error);
-  nbd_transport_free(t);
+  rc = nbd_connect_list(base, &o, MAX_LIST_ENTRIES, &list, error);
   if (rc < 0)
     return EXIT_CONNECT;
 
@@ -243,7 +287,6 @@ add_listed_exports(struct fs *fs, const char *text, GError **error)
     const struct nbd_export_entry *le = list->pdata[i];
     g_autofree char *name = file_name_for(le->name);
     g_autofree char *shown = nbd_uri_display(base);
-    g_autofree char *listed = NULL;
     struct nbd_uri *uri = NULL;
     struct export *e;
 
@@ -255,6 +298,8 @@ add_listed_exports(struct fs *fs, const char *text, GError **error)
     uri->export_name = g_strdup(le->name);
     e = export_new(uri, name);
     e->opts.tls = o.tls;
+    if (tls != NULL)
+      e->opts.tls_config = nbd_tls_config_ref(tls);
     e->list_description = g_strdup(le->description);
     if (add_export(fs, e, error) < 0)
       return EXIT_USAGE;
@@ -302,6 +347,7 @@ build_exports(struct fs *fs, int nuris, char **uris, GError **error)
     }
     e = export_new(uri, name);
     if (parse_policy(uri, &e->opts.tls, error) < 0 ||
+        load_tls(uri, &e->opts, error) < 0 ||
         add_export(fs, e, error) < 0)
       return EXIT_USAGE;
   }
@@ -438,6 +484,19 @@ trace_line(const char *line)
   log_debug("%s", line);
 }
 
+/* nbdproto's warnings (TLS verification off, a key others can read)
+ * and lifecycle lines (TLS version and cipher, with -v). */
+static void
+nbdproto_log(enum nbd_log_level level, const char *line)
+{
+  if (level == NBD_LOG_WARNING)
+    log_warning("%s", line);
+  else if (level == NBD_LOG_INFO)
+    log_info("%s", line);
+  else
+    log_debug("%s", line);
+}
+
 static int
 parse_cache(struct fs *fs, GError **error)
 {
@@ -522,7 +581,8 @@ close_exports(struct fs *fs)
 int
 main(int argc, char **argv)
 {
-  g_autoptr(GOptionContext) ctx = g_option_context_new("URI... MOUNTPOINT");
+  g_autoptr(GOptionContext) ctx =
+    g_option_context_new("URI... MOUNTPOINT - show NBD exports as files");
   g_autoptr(GError) error = NULL;
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
   struct fs fs = { 0 };
@@ -531,13 +591,15 @@ main(int argc, char **argv)
   const char *mountpoint;
   int rc, status;
 
+  setlocale(LC_ALL, "");
   g_option_context_add_main_entries(ctx, entries, NULL);
-  g_option_context_set_summary(ctx,
-    "Show NBD exports as files in MOUNTPOINT.  URI is\n"
-    "nbd://HOST[:PORT]/EXPORT, nbds://... (TLS),\n"
-    "nbd+unix:///EXPORT?socket=PATH or nbds+unix://...");
-  if (!g_option_context_parse(ctx, &argc, &argv, &error))
-    fail(EXIT_USAGE, error->message);
+  g_option_context_add_group(ctx, nbd_tls_option_group(&tls_settings));
+  if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
+    g_autofree char *msg = g_strdup_printf("parse options: %s; see "
+                                           "nbdfs --help",
+                                           error->message);
+    fail(EXIT_USAGE, msg);
+  }
   if (opt_version) {
     printf("nbdfs %s\n", NBDFS_VERSION);
     return 0;
@@ -547,10 +609,7 @@ main(int argc, char **argv)
                      "(see --help)");
   mountpoint = argv[argc - 1];
 
-  log_max = opt_debug ? LOG_LEVEL_DEBUG
-          : opt_verbose ? LOG_LEVEL_INFO : LOG_LEVEL_WARNING;
-  if (opt_debug)
-    nbd_trace_hook = trace_line;
+  nbd_log_hook = nbdproto_log;
 
   fs.uid = getuid();
   fs.gid = getgid();
@@ -559,9 +618,15 @@ main(int argc, char **argv)
   fuse_opt_add_arg(&args, argv[0]);
   fuse_opt_add_arg(&args, "-o");
   fuse_opt_add_arg(&args, "fsname=nbdfs,subtype=nbdfs");
-  if (parse_mount_opts(&fs, &args, &error) < 0 ||
+  if (parse_mount_opts(ctx, &fs, &args, &error) < 0 ||
       parse_cache(&fs, &error) < 0)
     fail(EXIT_USAGE, error->message);
+
+  /* After -o, which may say verbose or debug. */
+  log_max = opt_debug ? LOG_LEVEL_DEBUG
+          : opt_verbose ? LOG_LEVEL_INFO : LOG_LEVEL_WARNING;
+  if (opt_debug)
+    nbd_trace_hook = trace_line;
   if (opt_connections < 0 || opt_reconnect_timeout < 0 ||
       opt_request_timeout < 0 || opt_replay_limit < 0)
     fail(EXIT_USAGE, "parse options: -C, --reconnect-timeout, "
@@ -607,5 +672,6 @@ main(int argc, char **argv)
   fuse_opt_free_args(&args);
   g_ptr_array_free(fs.exports, TRUE);
   g_strfreev(opt_o);
+  nbd_tls_settings_clear(&tls_settings);
   return rc < 0 ? EXIT_MOUNT : 0;
 }
