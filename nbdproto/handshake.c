@@ -309,6 +309,17 @@ tls_reqd(struct session *s, const char *what)
 }
 
 /* H23: structured replies, needed for block status and sparse reads. */
+/* H13, D3: a server that is shutting down gets a soft goodbye,
+ * whatever option it refused. */
+static int
+shutting_down(struct session *s, const struct reply *r)
+{
+  int rc = option_failed(s, "handshake", r);
+
+  send_abort(s);
+  return rc;
+}
+
 static int
 negotiate_structured(struct session *s, struct nbd_export_info *info)
 {
@@ -325,6 +336,8 @@ negotiate_structured(struct session *s, struct nbd_export_info *info)
     info->structured = true;
   } else if (r.type == NBD_REP_ERR_TLS_REQD) {
     rc = tls_reqd(s, "handshake");
+  } else if (r.type == NBD_REP_ERR_SHUTDOWN) {
+    rc = shutting_down(s, &r);
   } else if (!(r.type & NBD_REP_FLAG_ERROR)) {
     rc = unexpected_reply(s, &r);
   }
@@ -379,6 +392,8 @@ negotiate_meta_context(struct session *s, struct nbd_export_info *info)
       have = false;
       if (r.type == NBD_REP_ERR_TLS_REQD)
         rc = tls_reqd(s, "handshake");
+      else if (r.type == NBD_REP_ERR_SHUTDOWN)
+        rc = shutting_down(s, &r);
       break;
     }
     if (r.type != NBD_REP_META_CONTEXT) {

@@ -303,7 +303,7 @@ struct nbd_cmd {
     uint64_t covered;        /* bytes of a READ that content chunks set */
     uint64_t first_lo;       /* the first content chunk of a READ */
     uint64_t first_hi;
-    void *ranges;            /* GArray of covered ranges from the second
+    void *ranges;            /* GTree of covered ranges from the second
                               * content chunk on, else NULL */
     unsigned chunks;
     int err;                 /* first error chunk, positive errno */
@@ -352,8 +352,11 @@ gint64 nbd_conn_oldest_us(struct nbd_conn *conn);
 
 /* Sends cmd.  Returns 0 when the command was sent (done will be called),
  * or a negative errno when it was refused before sending (done will not
- * be called): -EINVAL for a request the negotiated export does not
- * allow (S7, X7, X13), -ENOTCONN when the connection is dead. */
+ * be called): -EINVAL for a request the negotiation does not allow
+ * (S7, X13: misaligned, empty, past the end, a flag not offered),
+ * -ENOSPC for a WRITE past the end, -EOPNOTSUPP for a command the server
+ * did not offer (X7), -EROFS for a write to a read-only export (O9),
+ * -ENOTCONN when the connection is dead. */
 int nbd_conn_submit(struct nbd_conn *conn, struct nbd_cmd *cmd);
 
 /* Submits cmd and waits for it.  Returns 0 or a negative errno. */

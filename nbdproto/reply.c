@@ -47,9 +47,7 @@ nbd_reply_parser_clear(struct nbd_reply_parser *p)
 void
 nbd_reply_cmd_reset(struct nbd_cmd *cmd)
 {
-  if (cmd->priv.ranges != NULL)
-    g_array_free(cmd->priv.ranges, TRUE);
-  cmd->priv.ranges = NULL;
+  g_clear_pointer((GTree **) &cmd->priv.ranges, g_tree_destroy);
   cmd->priv.covered = 0;
   cmd->priv.chunks = 0;
   cmd->priv.err = 0;
@@ -142,49 +140,68 @@ inside(const struct nbd_cmd *cmd, uint64_t off, uint64_t len)
          off - cmd->offset <= cmd->count - len;
 }
 
+static gint
+range_key_cmp(gconstpointer a, gconstpointer b, gpointer unused)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+  return x < y ? -1 : x > y;
+}
+
 /* Records [lo, hi) as covered by a content chunk of cmd.  Returns false
- * when it overlaps an earlier chunk (V27). */
+ * when it overlaps an earlier chunk (V27).  Chunks may come in any
+ * order and size (V32), so covered ranges live in a balanced tree keyed
+ * by their start, with touching ranges merged: a hostile order cannot
+ * make this quadratic. */
 static bool
 cover(struct nbd_cmd *cmd, uint64_t lo, uint64_t hi)
 {
-  GArray *a = cmd->priv.ranges;
-  struct range r = { lo, hi };
-  guint i, lo_i, hi_i;
+  GTree *t = cmd->priv.ranges;
+  GTreeNode *next, *prev;
+  struct range *r;
 
-  /* The common case: one chunk for the whole read, no array. */
+  /* The common case: one chunk for the whole read, no tree. */
   if (cmd->priv.chunks++ == 0) {
     cmd->priv.first_lo = lo;
     cmd->priv.first_hi = hi;
     cmd->priv.covered = hi - lo;
     return true;
   }
-  if (a == NULL) {
-    struct range first = { cmd->priv.first_lo, cmd->priv.first_hi };
-
-    a = g_array_new(FALSE, FALSE, sizeof(struct range));
-    g_array_append_val(a, first);
-    cmd->priv.ranges = a;
+  if (t == NULL) {
+    t = g_tree_new_full(range_key_cmp, NULL, NULL, g_free);
+    r = g_new(struct range, 1);
+    r->lo = cmd->priv.first_lo;
+    r->hi = cmd->priv.first_hi;
+    g_tree_insert(t, &r->lo, r);
+    cmd->priv.ranges = t;
   }
 
-  /* Binary search for the first range that starts at or after lo; the
-   * neighbours on both sides must not reach into [lo, hi). */
-  lo_i = 0;
-  hi_i = a->len;
-  while (lo_i < hi_i) {
-    guint mid = lo_i + (hi_i - lo_i) / 2;
-
-    if (g_array_index(a, struct range, mid).lo < lo)
-      lo_i = mid + 1;
-    else
-      hi_i = mid;
-  }
-  i = lo_i;
-  if (i > 0 && g_array_index(a, struct range, i - 1).hi > lo)
+  /* The first range starting at or after lo, and the one before it:
+   * neither may reach into [lo, hi). */
+  next = g_tree_lower_bound(t, &lo);
+  prev = next ? g_tree_node_previous(next) : g_tree_node_last(t);
+  if (prev != NULL && ((struct range *) g_tree_node_value(prev))->hi > lo)
     return false;
-  if (i < a->len && g_array_index(a, struct range, i).lo < hi)
+  if (next != NULL && ((struct range *) g_tree_node_value(next))->lo < hi)
     return false;
-  g_array_insert_val(a, i, r);
   cmd->priv.covered += hi - lo;
+
+  /* Merge with the neighbours it touches. */
+  if (prev != NULL && ((struct range *) g_tree_node_value(prev))->hi == lo) {
+    r = g_tree_node_value(prev);
+    r->hi = hi;
+  } else {
+    r = g_new(struct range, 1);
+    r->lo = lo;
+    r->hi = hi;
+    g_tree_insert(t, &r->lo, r);
+  }
+  if (next != NULL && ((struct range *) g_tree_node_value(next))->lo == hi) {
+    struct range *n = g_tree_node_value(next);
+
+    r->hi = n->hi;
+    g_tree_remove(t, &n->lo);
+  }
   return true;
 }
 
@@ -367,7 +384,8 @@ status_chunk(struct nbd_reply_parser *p, struct nbd_cmd *cmd, uint32_t len,
   if ((cmd->flags & NBD_CMD_FLAG_REQ_ONE) &&
       (n != 1 || nbd_get32(d + 4) > cmd->count))
     return fail(p, error, "V31",
-                g_strdup("REQ_ONE answered with more than one extent"));
+                g_strdup("REQ_ONE answered with more than one extent "
+                         "or one longer than the request"));
 
   add_extents(p, cmd, d + 4, n);
   return 0;
