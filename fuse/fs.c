@@ -93,8 +93,11 @@ fs_init(void *userdata, struct fuse_conn_info *conn)
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 
   /* O_TRUNC arrives with open instead of as a truncate, so that it can
-   * be ignored as a block device ignores it: cp onto the file works. */
-  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+   * be ignored as a block device ignores it: cp onto the file works.
+   * With writeback the kernel would then cut its own idea of the size
+   * to 0, so there O_TRUNC stays a truncate, which is refused. */
+  if ((conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) &&
+      fs->cache != CACHE_WRITEBACK)
     conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
   if (fs->cache == CACHE_WRITEBACK &&
       (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
@@ -267,7 +270,6 @@ fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 struct write_req {
   fuse_req_t req;
   size_t len;
-  char data[];
 };
 
 static void
@@ -296,14 +298,14 @@ fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     return;
   }
 
-  /* libfuse reuses buf for the next request once we return. */
-  w = g_malloc(sizeof *w + size);
+  /* libfuse reuses buf for the next request once we return: one copy,
+   * which the replay log then shares. */
+  w = g_new(struct write_req, 1);
   w->req = req;
   w->len = size;
-  memcpy(w->data, buf, size);
   sync = fi->fh || (fi->flags & (O_SYNC | O_DSYNC));
-  sched_submit(e->sched, OP_WRITE, off, size, w->data, sync, 0,
-               reply_write, w);
+  sched_submit(e->sched, OP_WRITE, off, size, g_bytes_new(buf, size), sync,
+               0, reply_write, w);
 }
 
 static void
@@ -387,6 +389,14 @@ fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 
   if (whence != SEEK_DATA && whence != SEEK_HOLE) {
     fuse_reply_err(req, EINVAL);
+    return;
+  }
+
+  /* With writeback, data may still sit in the kernel's dirty pages,
+   * which block status cannot see; ENOSYS makes the kernel call the
+   * whole file data, which is always safe (B13). */
+  if (fs_of(req)->cache == CACHE_WRITEBACK) {
+    fuse_reply_err(req, ENOSYS);
     return;
   }
   if (off < 0) {

@@ -150,12 +150,13 @@ void sched_free(struct sched *s);
  * minimum block (S8). */
 uint64_t sched_size(const struct sched *s);
 
-/* Starts an operation; done runs exactly once.  For OP_WRITE, buf holds
- * len bytes and must stay valid until done.  fua asks for durable
- * completion (O_SYNC, O_DSYNC).  For OP_SEEK, whence is SEEK_DATA or
- * SEEK_HOLE. */
+/* Starts an operation; done runs exactly once.  For OP_WRITE, data
+ * holds the len bytes and the scheduler takes over the reference (the
+ * replay log may keep the bytes after done); NULL otherwise.  fua asks
+ * for durable completion (O_SYNC, O_DSYNC).  For OP_SEEK, whence is
+ * SEEK_DATA or SEEK_HOLE. */
 void sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
-                  uint64_t len, const void *buf, bool fua, int whence,
+                  uint64_t len, GBytes *data, bool fua, int whence,
                   op_done_fn done, void *user);
 
 /* Waits until nothing is in flight, then sends a FLUSH if any write

@@ -75,9 +75,19 @@ struct replay_entry {
   uint32_t len;
   uint16_t type;            /* NBD_CMD_WRITE or NBD_CMD_WRITE_ZEROES */
   uint16_t flags;
-  bool zeros;               /* a WRITE of zeros: no copy kept */
-  uint8_t data[];
+  GBytes *hold;             /* keeps data alive; NULL for zeros */
+  const uint8_t *data;      /* the bytes of a WRITE */
 };
+
+static void
+replay_entry_free(gpointer p)
+{
+  struct replay_entry *e = p;
+
+  if (e->hold != NULL)
+    g_bytes_unref(e->hold);
+  g_free(e);
+}
 
 struct op {
   struct sched *s;
@@ -85,6 +95,7 @@ struct op {
   uint64_t off, len;        /* as asked, clipped for reads */
   uint64_t lo, hi;          /* held range, aligned */
   const uint8_t *wbuf;
+  GBytes *wdata;            /* owns wbuf; the replay log may share it */
   uint8_t *rbuf;            /* reads: the bytes of [lo, hi) */
   bool fua;
   int whence;
@@ -183,7 +194,7 @@ sched_free(struct sched *s)
   if (s == NULL)
     return;
   g_thread_pool_free(s->worker, FALSE, TRUE);
-  g_queue_clear_full(&s->replay, g_free);
+  g_queue_clear_full(&s->replay, replay_entry_free);
   g_mutex_clear(&s->lock);
   g_cond_clear(&s->idle);
   g_free(s->name);
@@ -378,25 +389,27 @@ flushed(struct sched *s, struct op *op)
   while ((e = g_queue_peek_head(&s->replay)) != NULL &&
          e->gen <= op->flush_gen) {
     g_queue_pop_head(&s->replay);
-    s->replay_bytes -= e->zeros || e->type != NBD_CMD_WRITE ? 0 : e->len;
-    g_free(e);
+    s->replay_bytes -= e->hold != NULL ? e->len : 0;
+    replay_entry_free(e);
   }
 }
 
-/* Records an acknowledged write in the replay log, or notes that it is
- * not there.  Called with s->lock held. */
+/* Records an acknowledged write of op in the replay log, or notes that
+ * it is not there.  The log shares the write's buffer rather than copy
+ * it; only the small edge blocks of a read-modify-write are copied.
+ * Called with s->lock held. */
 static void
-log_write(struct sched *s, const struct nbd_cmd *cmd)
+log_write(struct sched *s, struct op *op, const struct nbd_cmd *cmd)
 {
-  bool zeros = cmd->type == NBD_CMD_WRITE && cmd->buf == zero_buf;
-  size_t copy = cmd->type == NBD_CMD_WRITE && !zeros ? cmd->count : 0;
+  bool data = cmd->type == NBD_CMD_WRITE && cmd->buf != zero_buf;
+  size_t held = data ? cmd->count : 0;
   struct replay_entry *e;
 
   s->acked++;
   if (cmd->flags & NBD_CMD_FLAG_FUA)
     return; /* O4: already on stable storage */
 
-  if (s->replay_bytes + copy > s->replay_limit) {
+  if (s->replay_bytes + held > s->replay_limit) {
     s->unlogged = s->acked;
     s->unlogged_off = cmd->offset;
     if (s->replay_limit > 0 && !s->auto_flush) {
@@ -407,17 +420,22 @@ log_write(struct sched *s, const struct nbd_cmd *cmd)
     return;
   }
 
-  e = g_malloc(sizeof *e + copy);
+  e = g_new0(struct replay_entry, 1);
   e->gen = s->acked;
   e->off = cmd->offset;
   e->len = cmd->count;
   e->type = cmd->type;
   e->flags = cmd->flags;
-  e->zeros = zeros;
-  if (copy > 0)
-    memcpy(e->data, cmd->buf, copy);
+  if (data && op->wdata != NULL && cmd->buf != op->head &&
+      cmd->buf != op->tail) {
+    e->hold = g_bytes_ref(op->wdata);
+    e->data = cmd->buf;
+  } else if (data) {
+    e->hold = g_bytes_new(cmd->buf, cmd->count);
+    e->data = g_bytes_get_data(e->hold, NULL);
+  }
   g_queue_push_tail(&s->replay, e);
-  s->replay_bytes += copy;
+  s->replay_bytes += held;
 }
 
 /* Moves op to its next phase when the current one has nothing more in
@@ -606,7 +624,7 @@ piece_done(struct nbd_cmd *cmd, int err)
   if (err == 0 && (cmd->type == NBD_CMD_WRITE ||
                    cmd->type == NBD_CMD_WRITE_ZEROES) &&
       op->phase != PH_EDGES)
-    log_write(s, cmd);
+    log_write(s, op, cmd);
 
   if (op->queued) {
     /* The queued advance() takes it from here. */
@@ -633,6 +651,8 @@ piece_done(struct nbd_cmd *cmd, int err)
 static void
 op_free(struct op *op)
 {
+  if (op->wdata != NULL)
+    g_bytes_unref(op->wdata);
   g_free(op->rbuf);
   g_free(op->head);
   g_free(op->tail);
@@ -767,7 +787,7 @@ prepare(struct sched *s, struct op *op)
 
 void
 sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
-             uint64_t len, const void *buf, bool fua, int whence,
+             uint64_t len, GBytes *data, bool fua, int whence,
              op_done_fn done, void *user)
 {
   struct op *op = g_new0(struct op, 1);
@@ -778,7 +798,8 @@ sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
   op->kind = kind;
   op->off = off;
   op->len = len;
-  op->wbuf = buf;
+  op->wdata = data;
+  op->wbuf = data ? g_bytes_get_data(data, NULL) : NULL;
   op->fua = fua;
   op->whence = whence;
   op->done = done;
@@ -909,7 +930,7 @@ replay(struct nbd_conn *c, void *user)
       .flags = e->flags,
       .offset = e->off,
       .count = e->len,
-      .buf = e->zeros ? (void *) zero_buf : (void *) e->data,
+      .buf = e->hold ? (void *) e->data : (void *) zero_buf,
     };
     int rc = nbd_conn_run(c, &cmd);
 
