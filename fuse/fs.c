@@ -99,6 +99,8 @@ fs_init(void *userdata, struct fuse_conn_info *conn)
   if ((conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) &&
       fs->cache != CACHE_WRITEBACK)
     conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  else
+    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC; /* libfuse sets it itself */
   if (fs->cache == CACHE_WRITEBACK &&
       (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
     conn->want |= FUSE_CAP_WRITEBACK_CACHE;
