@@ -630,28 +630,31 @@ export_name(struct session *s, struct nbd_export_info *info)
   return 0;
 }
 
+/* GO (opt NBD_OPT_GO) enters transmission; INFO (NBD_OPT_INFO) asks
+ * the same questions and stays in haggling (H19). */
 static int
-go(struct session *s, struct nbd_export_info *info)
+go(struct session *s, uint32_t opt, struct nbd_export_info *info)
 {
   g_autoptr(GByteArray) req = go_request(s->o->export_name);
   struct reply r = { 0 };
   bool have_export = false;
   int rc;
 
-  rc = send_option(s, NBD_OPT_GO, req->data, req->len);
+  rc = send_option(s, opt, req->data, req->len);
   for (unsigned n = 0; rc == 0; n++) {
-    rc = read_reply(s, NBD_OPT_GO, &r);
+    rc = read_reply(s, opt, &r);
     if (rc < 0)
       break;
 
     if (r.type == NBD_REP_ACK) {
       if (!have_export)
         rc = nbd_set_error(s->error, EPROTO,
-                           "open export: %s: GO acknowledged without "
-                           "NBD_INFO_EXPORT (V7)", s->t->name);
+                           "open export: %s: %s acknowledged without "
+                           "NBD_INFO_EXPORT (V7)", s->t->name,
+                           nbd_opt_name(opt));
       break;
     }
-    if (r.type == NBD_REP_ERR_UNSUP) {
+    if (r.type == NBD_REP_ERR_UNSUP && opt == NBD_OPT_GO) {
       /* H21: an old server; EXPORT_NAME is the way in.  The INFO
        * replies before the error count for nothing, so forget what
        * they set (the S4 defaults apply again). */
@@ -727,7 +730,7 @@ nbd_handshake_go_ex(struct nbd_transport *t,
   if (rc == 0 && info->structured && !o->no_block_status)
     rc = negotiate_meta_context(&s, info);
   if (rc == 0)
-    rc = go(&s, info);
+    rc = go(&s, NBD_OPT_GO, info);
   if (rc == 0)
     rc = check_export(&s, info);
 
@@ -741,6 +744,40 @@ nbd_handshake_go_ex(struct nbd_transport *t,
     info->name = g_strdup(o->export_name);
   if (rc < 0)
     nbd_export_info_clear(info);
+  return rc;
+}
+
+int
+nbd_handshake_info(struct nbd_transport *t,
+                   const struct nbd_handshake_opts *o,
+                   struct nbd_export_info *info, GError **error)
+{
+  struct session s = { .t = t, .o = o, .error = error };
+  int rc;
+
+  /* Structured replies and contexts matter only for transmission,
+   * which INFO never reaches. */
+  memset(info, 0, sizeof *info);
+  rc = validate_name(&s, o->export_name);
+  if (rc == 0)
+    rc = greet(&s);
+  if (rc == 0)
+    rc = negotiate_tls(&s);
+  if (rc == 0)
+    rc = go(&s, NBD_OPT_INFO, info);
+  if (rc == 0)
+    rc = check_export(&s, info);
+  if (rc == 0) {
+    send_abort(&s); /* D1: done asking, leave softly */
+    info->gflags = s.gflags;
+    info->tls = s.tls;
+    if (s.tls)
+      nbd_tls_describe(t, info);
+    if (info->name == NULL)
+      info->name = g_strdup(o->export_name);
+  } else {
+    nbd_export_info_clear(info);
+  }
   return rc;
 }
 

@@ -239,6 +239,14 @@ int nbd_handshake_go(struct nbd_transport *t,
                      const struct nbd_handshake_opts *o,
                      struct nbd_export_info *info, GError **error);
 
+/* Asks about o->export_name with NBD_OPT_INFO (H19, H22): the same
+ * facts as GO, without entering transmission; then ends the session
+ * softly (D1).  A server without INFO answers -ENOTSUP.  GO's values are
+ * the authoritative ones: some servers report a size of 0 here. */
+int nbd_handshake_info(struct nbd_transport *t,
+                       const struct nbd_handshake_opts *o,
+                       struct nbd_export_info *info, GError **error);
+
 struct nbd_export_entry {
   char *name;
   char *description;         /* "" when the server sent none */

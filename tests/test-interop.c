@@ -882,6 +882,30 @@ test_nbdkit_memory_handshake(void)
   /* nbdkit lists only its default export, whose name is "". */
   names = list_exports(server);
   g_assert_cmpstr(names, ==, "");
+
+  /* H19, H22: INFO tells the same size and flags without transmission;
+   * the server then still serves the next client. */
+  {
+    g_autoptr(GError) error = NULL;
+    struct nbd_handshake_opts o = { .export_name = "" };
+    struct nbd_export_info ii;
+    struct nbd_transport *t = NULL;
+    g_autofree char *uri_text = tl_server_uri(server, "");
+    g_autoptr(nbd_uri) uri = NULL;
+
+    g_assert_cmpint(nbd_uri_parse(uri_text, &uri, &error), ==, 0);
+    g_assert_cmpint(nbd_transport_connect(uri, &t, &error), ==, 0);
+    g_assert_cmpint(nbd_handshake_info(t, &o, &ii, &error), ==, 0);
+    g_assert_no_error(error);
+    g_assert_cmpuint(ii.size, ==, MiB);
+    /* V9: without structured replies (INFO negotiates none) DF is
+     * meaningless and dropped. */
+    g_assert_cmphex(ii.tflags, ==, want & ~NBD_FLAG_SEND_DF);
+    nbd_export_info_clear(&ii);
+    nbd_transport_free(t);
+    conn = open_export(server, "");
+    nbd_conn_close(conn, CLOSE_TIMEOUT_MS);
+  }
   tl_server_stop(server);
 }
 
