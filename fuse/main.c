@@ -304,10 +304,12 @@ add_listed_exports(struct fs *fs, const char *text, GError **error)
     if (add_export(fs, e, error) < 0)
       return EXIT_USAGE;
 
-    /* Learn the size now, so the file shows it before any open. */
+    /* Learn the size now, so the file shows it before any open; the
+     * connection itself waits for the first open. */
     rc = export_connect(e, error);
     if (rc < 0)
       return EXIT_CONNECT;
+    export_release(e);
   }
   return 0;
 }

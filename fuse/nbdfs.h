@@ -88,9 +88,11 @@ struct pool_timeouts {
 
 /* Opens n connections (n == 0: 4 when the server allows multi-conn, else
  * 1).  Every connection must report the same size and flags (O7).  uri
- * and o must outlive the pool: reconnections use them. */
-int pool_open(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
-              unsigned n, const struct pool_timeouts *t, struct pool **out,
+ * and o must outlive the pool: reconnections use them.  name prefixes
+ * the pool's log lines. */
+int pool_open(const char *name, const struct nbd_uri *uri,
+              const struct nbd_handshake_opts *o, unsigned n,
+              const struct pool_timeouts *t, struct pool **out,
               GError **error);
 
 /* The export as the first connection negotiated it. */
@@ -188,6 +190,10 @@ struct export {
 /* Connects the export if it is not yet.  Returns 0 or a negative errno
  * with the reason logged. */
 int export_connect(struct export *e, GError **error);
+
+/* Flushes and disconnects an export, keeping what it learnt (size,
+ * flags) for the file's attributes; the next open connects again. */
+void export_release(struct export *e);
 void export_free(struct export *e);
 
 /* ---- fs.c: the FUSE operations ---------------------------------------- */

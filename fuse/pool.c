@@ -371,9 +371,9 @@ keeper_wake(struct pool *p)
 }
 
 int
-pool_open(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
-          unsigned n, const struct pool_timeouts *t, struct pool **out,
-          GError **error)
+pool_open(const char *name, const struct nbd_uri *uri,
+          const struct nbd_handshake_opts *o, unsigned n,
+          const struct pool_timeouts *t, struct pool **out, GError **error)
 {
   struct pool *p = g_new0(struct pool, 1);
   struct nbd_conn *c = NULL;
@@ -382,7 +382,7 @@ pool_open(const struct nbd_uri *uri, const struct nbd_handshake_opts *o,
   p->uri = uri;
   p->opts = o;
   p->timeouts = *t;
-  p->name = nbd_uri_display(uri);
+  p->name = g_strdup(name);
   g_rw_lock_init(&p->use);
   g_mutex_init(&p->lock);
   g_cond_init(&p->wake);
