@@ -65,6 +65,23 @@ trace(struct nbd_conn *c, struct nbd_cmd *cmd, int err)
 
 static void conn_die(struct nbd_conn *c, const char *why);
 
+/* A reply can overtake the writev that sent its request: the server
+ * answers as soon as it has read the bytes, before sendmsg() returns
+ * here.  Completing then would free the buffer under the writer, so
+ * such a command is parked, and the submitter completes it when its
+ * write is done.  Returns whether cmd was parked.  Called with c->lock
+ * held. */
+static bool
+park(struct nbd_cmd *cmd, int err, bool orphan)
+{
+  if (!cmd->priv.sending)
+    return false;
+  cmd->priv.parked = true;
+  cmd->priv.parked_err = err;
+  cmd->priv.parked_orphan = orphan;
+  return true;
+}
+
 /* Removes cmd from the table and completes it. */
 static void
 retire(void *opaque, struct nbd_cmd *cmd, int err)
@@ -79,15 +96,19 @@ retire(void *opaque, struct nbd_cmd *cmd, int err)
     return;
   }
 
+  nbd_reply_cmd_reset(cmd);
+  if (nbd_trace_hook != NULL)
+    trace(c, cmd, err);
+
   g_mutex_lock(&c->lock);
   g_hash_table_remove(c->inflight, &cmd->priv.cookie);
   if (g_hash_table_size(c->inflight) == 0)
     g_cond_broadcast(&c->cond);
+  if (park(cmd, err, false)) {
+    g_mutex_unlock(&c->lock);
+    return;
+  }
   g_mutex_unlock(&c->lock);
-
-  nbd_reply_cmd_reset(cmd);
-  if (nbd_trace_hook != NULL)
-    trace(c, cmd, err);
   cmd->done(cmd, err);
 }
 
@@ -117,20 +138,23 @@ fail_all(struct nbd_conn *c)
 
   g_mutex_lock(&c->lock);
   g_hash_table_iter_init(&it, c->inflight);
-  while (g_hash_table_iter_next(&it, NULL, &value))
-    g_ptr_array_add(cmds, value);
-  g_hash_table_remove_all(c->inflight);
-  g_cond_broadcast(&c->cond);
-  g_mutex_unlock(&c->lock);
-
-  for (guint i = 0; i < cmds->len; i++) {
-    struct nbd_cmd *cmd = cmds->pdata[i];
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    struct nbd_cmd *cmd = value;
 
     nbd_reply_cmd_reset(cmd);
     g_clear_pointer(&cmd->extents, g_free);
     cmd->n_extents = 0;
-    if (c->orphans_fn == NULL)
-      cmd->done(cmd, EIO);
+    if (!park(cmd, EIO, c->orphans_fn != NULL))
+      g_ptr_array_add(cmds, cmd);
+  }
+  g_hash_table_remove_all(c->inflight);
+  g_cond_broadcast(&c->cond);
+  g_mutex_unlock(&c->lock);
+
+  for (guint i = 0; i < cmds->len && c->orphans_fn == NULL; i++) {
+    struct nbd_cmd *cmd = cmds->pdata[i];
+
+    cmd->done(cmd, EIO);
   }
   if (c->orphans_fn != NULL && cmds->len > 0)
     c->orphans_fn(c, (struct nbd_cmd **) cmds->pdata, cmds->len,
@@ -331,6 +355,7 @@ nbd_conn_submit(struct nbd_conn *c, struct nbd_cmd *cmd)
   struct nbd_request req;
   struct iovec iov[2];
   GError *error = NULL;
+  bool parked;
   int rc;
 
   rc = check_cmd(&c->info, cmd);
@@ -350,6 +375,7 @@ nbd_conn_submit(struct nbd_conn *c, struct nbd_cmd *cmd)
     return -ENOTCONN;
   }
   cmd->priv.cookie = c->next_cookie++;
+  cmd->priv.sending = true;
   g_hash_table_insert(c->inflight, &cmd->priv.cookie, cmd);
   g_mutex_unlock(&c->lock);
 
@@ -364,8 +390,6 @@ nbd_conn_submit(struct nbd_conn *c, struct nbd_cmd *cmd)
   iov[1].iov_base = cmd->buf;
   iov[1].iov_len = cmd->count;
 
-  /* After the write the reply may already have completed cmd on the
-   * reader thread: cmd is not touched again here. */
   g_mutex_lock(&c->send_lock);
   rc = nbd_transport_writev(c->t, iov, cmd->type == NBD_CMD_WRITE ? 2 : 1,
                             &error);
@@ -375,6 +399,16 @@ nbd_conn_submit(struct nbd_conn *c, struct nbd_cmd *cmd)
     conn_die(c, error->message);
     g_error_free(error);
   }
+
+  /* The write is over: complete what was parked meanwhile (park). */
+  g_mutex_lock(&c->lock);
+  cmd->priv.sending = false;
+  parked = cmd->priv.parked;
+  g_mutex_unlock(&c->lock);
+  if (parked && cmd->priv.parked_orphan)
+    c->orphans_fn(c, &cmd, 1, c->orphans_user);
+  else if (parked)
+    cmd->done(cmd, cmd->priv.parked_err);
   return 0;
 }
 

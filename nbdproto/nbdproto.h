@@ -317,6 +317,10 @@ struct nbd_cmd {
     int err;                 /* first error chunk, positive errno */
     bool seen_status;
     gint64 start_us;
+    bool sending;            /* the submitter is still writing it */
+    bool parked;             /* completed while sending: the submitter */
+    bool parked_orphan;      /* completes it, with parked_err or as an */
+    int parked_err;          /* orphan, once the write is done */
   } priv;
 };
 

@@ -1350,7 +1350,6 @@ test_nbdkit_odd_size(void)
   const uint64_t size = 1000000;
   g_autoptr(GArray) spans = g_array_new(FALSE, FALSE, sizeof(struct span));
   g_autofree guint8 *want = g_malloc0(size);
-  g_autofree guint8 *got = g_malloc(size);
   g_autofree char *uri = NULL;
   g_autoptr(GArray) ext = NULL;
   const struct nbd_extent *last;
