@@ -710,6 +710,39 @@ nbd_handshake_go(struct nbd_transport *t, const struct nbd_handshake_opts *o,
   return nbd_handshake_go_ex(t, o, info, NULL, error);
 }
 
+/* The steps before any export is named, common to GO and INFO. */
+static int
+open_session(struct session *s, struct nbd_export_info *info)
+{
+  int rc;
+
+  memset(info, 0, sizeof *info);
+  rc = validate_name(s, s->o->export_name);
+  if (rc == 0)
+    rc = greet(s);
+  if (rc == 0)
+    rc = negotiate_tls(s);
+  return rc;
+}
+
+/* Fills in what the session learnt besides the export's own replies,
+ * or clears info after a failure.  Returns rc. */
+static int
+close_session(struct session *s, struct nbd_export_info *info, int rc)
+{
+  if (rc < 0) {
+    nbd_export_info_clear(info);
+    return rc;
+  }
+  info->gflags = s->gflags;
+  info->tls = s->tls;
+  if (s->tls)
+    nbd_tls_describe(s->t, info);
+  if (info->name == NULL)
+    info->name = g_strdup(s->o->export_name);
+  return rc;
+}
+
 int
 nbd_handshake_go_ex(struct nbd_transport *t,
                     const struct nbd_handshake_opts *o,
@@ -719,12 +752,7 @@ nbd_handshake_go_ex(struct nbd_transport *t,
   struct session s = { .t = t, .o = o, .error = error };
   int rc;
 
-  memset(info, 0, sizeof *info);
-  rc = validate_name(&s, o->export_name);
-  if (rc == 0)
-    rc = greet(&s);
-  if (rc == 0)
-    rc = negotiate_tls(&s);
+  rc = open_session(&s, info);
   if (rc == 0 && !o->no_structured)
     rc = negotiate_structured(&s, info);
   if (rc == 0 && info->structured && !o->no_block_status)
@@ -734,17 +762,9 @@ nbd_handshake_go_ex(struct nbd_transport *t,
   if (rc == 0)
     rc = check_export(&s, info);
 
-  info->gflags = s.gflags;
-  info->tls = s.tls;
-  if (rc == 0 && s.tls)
-    nbd_tls_describe(t, info);
   if (starttls_dropped != NULL)
     *starttls_dropped = s.starttls_dropped;
-  if (rc == 0 && info->name == NULL)
-    info->name = g_strdup(o->export_name);
-  if (rc < 0)
-    nbd_export_info_clear(info);
-  return rc;
+  return close_session(&s, info, rc);
 }
 
 int
@@ -757,28 +777,14 @@ nbd_handshake_info(struct nbd_transport *t,
 
   /* Structured replies and contexts matter only for transmission,
    * which INFO never reaches. */
-  memset(info, 0, sizeof *info);
-  rc = validate_name(&s, o->export_name);
-  if (rc == 0)
-    rc = greet(&s);
-  if (rc == 0)
-    rc = negotiate_tls(&s);
+  rc = open_session(&s, info);
   if (rc == 0)
     rc = go(&s, NBD_OPT_INFO, info);
   if (rc == 0)
     rc = check_export(&s, info);
-  if (rc == 0) {
+  if (rc == 0)
     send_abort(&s); /* D1: done asking, leave softly */
-    info->gflags = s.gflags;
-    info->tls = s.tls;
-    if (s.tls)
-      nbd_tls_describe(t, info);
-    if (info->name == NULL)
-      info->name = g_strdup(o->export_name);
-  } else {
-    nbd_export_info_clear(info);
-  }
-  return rc;
+  return close_session(&s, info, rc);
 }
 
 void
