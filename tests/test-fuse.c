@@ -166,6 +166,71 @@ test_truncate_refused(gconstpointer data)
 }
 
 /* The user.nbd.* attributes describe the export; others do not exist. */
+/* The count of NAME=COUNT/BYTESB in a user.nbd.stats line. */
+static guint64
+stat_count(const char *line, const char *name)
+{
+  g_autofree char *key = g_strdup_printf("%s=", name);
+  const char *p = strstr(line, key);
+
+  g_assert_nonnull(p);
+  return g_ascii_strtoull(p + strlen(key), NULL, 10);
+}
+
+/* user.nbd.stats counts the NBD commands as they complete: reads,
+ * writes and flushes go up by what the I/O sent, and SIGUSR1, which
+ * writes the same line to the log, leaves the daemon serving. */
+static void
+test_stats(void)
+{
+  g_autofree char *uri = NULL;
+  g_autofree char *file = NULL;
+  g_autofree char *before = NULL;
+  g_autofree char *after = NULL;
+  g_autofree char *last = NULL;
+  g_autoptr(fm_mount) m = NULL;
+  struct tl_server *server;
+  guint8 buf[4096] = { 0 };
+  int fd;
+
+  if (!fm_nbdfs() || !tl_require("nbdkit"))
+    return;
+
+  server = fm_start_nbdkit((const char *const[]){ "memory", "4M", NULL });
+  uri = tl_server_uri(server, "");
+  m = fm_mounted((const char *const[]){ uri, NULL });
+  file = fm_path(m, "disk");
+
+  before = fm_get_xattr(file, "user.nbd.stats");
+  g_assert_nonnull(before);
+  g_assert_nonnull(strstr(before, "inflight=0"));
+  g_assert_nonnull(strstr(before, "latency_us_p50<"));
+
+  fd = open(file, O_RDWR | O_CLOEXEC);
+  g_assert_cmpint(fd, >=, 0);
+  for (int i = 0; i < 3; i++)
+    g_assert_cmpint(pwrite(fd, buf, sizeof buf, i * 8192), ==, sizeof buf);
+  for (int i = 0; i < 5; i++)
+    g_assert_cmpint(pread(fd, buf, sizeof buf, i * 8192), ==, sizeof buf);
+  g_assert_cmpint(fsync(fd), ==, 0);
+  close(fd);
+
+  after = fm_get_xattr(file, "user.nbd.stats");
+  g_assert_cmpuint(stat_count(after, "write"), ==,
+                   stat_count(before, "write") + 3);
+  g_assert_cmpuint(stat_count(after, "read"), ==,
+                   stat_count(before, "read") + 5);
+  g_assert_cmpuint(stat_count(after, "flush"), >=,
+                   stat_count(before, "flush") + 1);
+  g_assert_nonnull(strstr(after, "errors=0"));
+
+  g_assert_cmpint(kill(m->daemon, SIGUSR1), ==, 0);
+  last = fm_get_xattr(file, "user.nbd.stats");
+  g_assert_nonnull(last);
+  g_assert_cmpint(fm_unmount(m, NULL), ==, 0);
+  tl_server_stop(server);
+}
+
 static void
 test_xattrs(void)
 {
@@ -868,6 +933,7 @@ main(int argc, char **argv)
   g_test_add_data_func("/fuse/file/truncate/kernel", "kernel",
                        test_truncate_refused);
   g_test_add_func("/fuse/file/xattrs", test_xattrs);
+  g_test_add_func("/fuse/file/stats", test_stats);
   g_test_add_func("/fuse/file/statfs", test_statfs);
   g_test_add_func("/fuse/data/nbdkit", test_data_nbdkit);
   g_test_add_func("/fuse/data/nbd-server", test_data_nbd_server);
