@@ -1566,40 +1566,65 @@ run_case(gconstpointer data)
   scripted_free(sc);
 }
 
-/* H19, H22, D1: NBD_OPT_INFO gets the export's facts without entering
- * transmission, and the session then ends with ABORT. */
-static void
-test_info(void)
+/* Plays INFO against a server that answers it with reply (the INFO
+ * replies of a success, or one error) and acknowledges the ABORT that
+ * follows; returns nbd_handshake_info's result. */
+static int
+run_info(void (*reply)(GByteArray *b), struct nbd_export_info *info,
+         GError **error)
 {
   struct scripted *sc = scripted_new();
   struct nbd_handshake_opts o = { .export_name = "disk" };
-  struct nbd_export_info info;
-  GError *error = NULL;
   struct nbd_transport *t;
+  int rc;
 
   sc_greeting(scripted_out(sc), BOTH);
   scripted_expect_flags(sc, CFLAGS_BOTH);
   scripted_expect_option(sc, NBD_OPT_INFO);
-  sc_info_block_size(scripted_out(sc), NBD_OPT_INFO, 512, 4096, 1 << 20);
-  sc_info_export(scripted_out(sc), NBD_OPT_INFO, SIZE, TF_STD);
-  sc_opt_reply(scripted_out(sc), NBD_OPT_INFO, NBD_REP_ACK, NULL, 0);
+  reply(scripted_out(sc));
   scripted_expect_option(sc, NBD_OPT_ABORT);
   sc_opt_reply(scripted_out(sc), NBD_OPT_ABORT, NBD_REP_ACK, NULL, 0);
 
   t = scripted_start(sc);
-  g_assert_cmpint(nbd_handshake_info(t, &o, &info, &error), ==, 0);
-  g_assert_no_error(error);
+  rc = nbd_handshake_info(t, &o, info, error);
   nbd_transport_free(t);
   scripted_finish(sc);
 
   scripted_assert_clean(sc);
   g_assert_cmpstr(scripted_option_names(sc), ==, "INFO ABORT");
+  scripted_free(sc);
+  return rc;
+}
+
+static void
+info_ok(GByteArray *b)
+{
+  sc_info_block_size(b, NBD_OPT_INFO, 512, 4096, 1 << 20);
+  sc_info_export(b, NBD_OPT_INFO, SIZE, TF_STD);
+  sc_opt_reply(b, NBD_OPT_INFO, NBD_REP_ACK, NULL, 0);
+}
+
+static void
+info_unsup(GByteArray *b)
+{
+  sc_opt_reply(b, NBD_OPT_INFO, NBD_REP_ERR_UNSUP, NULL, 0);
+}
+
+/* H19, H22, D1: NBD_OPT_INFO gets the export's facts without entering
+ * transmission, and the session then ends with ABORT. */
+static void
+test_info(void)
+{
+  struct nbd_export_info info;
+  GError *error = NULL;
+
+  g_assert_cmpint(run_info(info_ok, &info, &error), ==, 0);
+  g_assert_no_error(error);
   g_assert_cmpuint(info.size, ==, SIZE);
   g_assert_cmpuint(info.min_block, ==, 512);
   g_assert_cmpuint(info.max_payload, ==, 1 << 20);
   g_assert_false(info.structured);
   nbd_export_info_clear(&info);
-  scripted_free(sc);
 }
 
 /* H21 does not apply to INFO: a server without it is refused, with no
@@ -1607,30 +1632,13 @@ test_info(void)
 static void
 test_info_unsupported(void)
 {
-  struct scripted *sc = scripted_new();
-  struct nbd_handshake_opts o = { .export_name = "disk" };
   struct nbd_export_info info;
   GError *error = NULL;
-  struct nbd_transport *t;
 
-  sc_greeting(scripted_out(sc), BOTH);
-  scripted_expect_flags(sc, CFLAGS_BOTH);
-  scripted_expect_option(sc, NBD_OPT_INFO);
-  sc_opt_reply(scripted_out(sc), NBD_OPT_INFO, NBD_REP_ERR_UNSUP, NULL, 0);
-  scripted_expect_option(sc, NBD_OPT_ABORT);
-  sc_opt_reply(scripted_out(sc), NBD_OPT_ABORT, NBD_REP_ACK, NULL, 0);
-
-  t = scripted_start(sc);
-  g_assert_cmpint(nbd_handshake_info(t, &o, &info, &error), ==, -ENOTSUP);
+  g_assert_cmpint(run_info(info_unsup, &info, &error), ==, -ENOTSUP);
   g_assert_error(error, NBDPROTO_ERROR, ENOTSUP);
   g_assert_nonnull(strstr(error->message, "NBD_REP_ERR_UNSUP"));
-  nbd_transport_free(t);
-  scripted_finish(sc);
-
-  scripted_assert_clean(sc);
-  g_assert_cmpstr(scripted_option_names(sc), ==, "INFO ABORT");
   g_clear_error(&error);
-  scripted_free(sc);
 }
 
 int
