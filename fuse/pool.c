@@ -15,6 +15,14 @@
  * has waited longer than the request timeout, so that no request waits
  * for ever on a stalled server.
  *
+ * A server may also accept every reconnection and then break the
+ * protocol again on the same command.  So a command that has gone
+ * without a good answer for longer than the reconnect timeout since its
+ * connection was first lost fails with EIO however often the connection
+ * came back, and a connection that dies young is retried after a
+ * growing backoff, not at once: such a server costs a few attempts per
+ * timeout, not a tight loop of connections and log lines.
+ *
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
@@ -28,12 +36,15 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define TICK_MS 1000
+#define STABLE_MS 2000            /* a connection that lived this long
+                                   * resets the backoff when it dies */
 
 struct slot {
   struct nbd_conn *conn;    /* NULL while down */
   struct nbd_conn *corpse;  /* a dead connection still to be freed */
   gint64 retry_at;          /* monotonic time of the next attempt */
   unsigned backoff_ms;
+  gint64 up_since;          /* when conn was established */
 };
 
 struct pool {
@@ -97,10 +108,14 @@ conn_orphans(struct nbd_conn *conn, struct nbd_cmd **cmds, size_t n,
              void *user)
 {
   struct pool *p = user;
+  gint64 now = g_get_monotonic_time();
 
   g_mutex_lock(&p->lock);
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
+    if (cmds[i]->lost_us == 0)
+      cmds[i]->lost_us = now;
     g_queue_push_tail(&p->pending, cmds[i]);
+  }
   g_mutex_unlock(&p->lock);
   log_info("%s: %zu request(s) will be sent again after reconnecting",
            p->name, n);
@@ -116,10 +131,23 @@ conn_dead(struct nbd_conn *conn, int err, const char *why, void *user)
     struct slot *s = &p->slots[i];
 
     if (s->conn == conn) {
+      gint64 now = g_get_monotonic_time();
+
       s->conn = NULL;
       s->corpse = conn;
-      s->retry_at = g_get_monotonic_time();
-      s->backoff_ms = BACKOFF_MIN_MS;
+
+      /* A connection that served a while earns an immediate retry; one
+       * that died young (a server that breaks a rule on every
+       * connection) waits, longer each time. */
+      if (now - s->up_since >= STABLE_MS * G_TIME_SPAN_MILLISECOND) {
+        s->retry_at = now;
+        s->backoff_ms = BACKOFF_MIN_MS;
+      } else {
+        s->backoff_ms = CLAMP(s->backoff_ms, BACKOFF_MIN_MS,
+                              BACKOFF_MAX_MS);
+        s->retry_at = now + s->backoff_ms * G_TIME_SPAN_MILLISECOND;
+        s->backoff_ms = MIN(s->backoff_ms * 2, BACKOFF_MAX_MS);
+      }
     }
   }
   if (live_count(p) == 0 && p->down_since == 0)
@@ -140,18 +168,53 @@ adopt(struct pool *p, struct nbd_conn *c)
   nbd_conn_set_dead_cb(c, conn_dead, p);
 }
 
-/* Fails every pending command with EIO.  Called without p->lock. */
-static void
+/* Fails every pending command with EIO.  Called without p->lock.
+ * Returns how many there were. */
+static unsigned
 fail_pending(struct pool *p)
 {
   GQueue q = G_QUEUE_INIT;
   struct nbd_cmd *cmd;
+  unsigned n;
 
   g_mutex_lock(&p->lock);
   q = p->pending;
   g_queue_init(&p->pending);
   g_mutex_unlock(&p->lock);
 
+  n = q.length;
+  while ((cmd = g_queue_pop_head(&q)) != NULL)
+    cmd->done(cmd, EIO);
+  return n;
+}
+
+/* Fails with EIO the pending commands that lost a connection longer
+ * than the reconnect timeout ago: whatever the connections do, those
+ * have waited long enough (D9).  Called without p->lock. */
+static void
+fail_expired(struct pool *p)
+{
+  gint64 limit = (gint64) p->timeouts.reconnect_ms * 1000;
+  gint64 now = g_get_monotonic_time();
+  GQueue q = G_QUEUE_INIT;
+  struct nbd_cmd *cmd;
+  GList *l, *next;
+
+  g_mutex_lock(&p->lock);
+  for (l = p->pending.head; l != NULL; l = next) {
+    next = l->next;
+    cmd = l->data;
+    if (cmd->lost_us != 0 && now - cmd->lost_us > limit) {
+      g_queue_unlink(&p->pending, l);
+      g_queue_push_tail_link(&q, l);
+    }
+  }
+  g_mutex_unlock(&p->lock);
+
+  if (q.length > 0)
+    log_error("%s: %u request(s) got no valid reply within %u s of "
+              "losing their connection (--reconnect-timeout); failing "
+              "them", p->name, q.length, p->timeouts.reconnect_ms / 1000);
   while ((cmd = g_queue_pop_head(&q)) != NULL)
     cmd->done(cmd, EIO);
 }
@@ -178,10 +241,12 @@ send_any(struct pool *p, struct nbd_cmd *cmd)
   return rc;
 }
 
-/* Sends the pending commands again on the live connections. */
+/* Sends the pending commands again on the live connections, save those
+ * that have waited too long. */
 static void
 resend_pending(struct pool *p)
 {
+  fail_expired(p);
   for (;;) {
     struct nbd_cmd *cmd;
     int rc;
@@ -263,6 +328,7 @@ reconnect(struct pool *p, unsigned i)
   adopt(p, c);
   g_mutex_lock(&p->lock);
   s->conn = c;
+  s->up_since = g_get_monotonic_time();
   p->down_since = 0;
   if (replay_due)
     p->replay_due = false;
@@ -348,10 +414,16 @@ keeper_main(gpointer opaque)
                g_get_monotonic_time() - p->down_since >
                  (gint64) p->timeouts.reconnect_ms * 1000);
     g_mutex_unlock(&p->lock);
-    if (give_up)
-      fail_pending(p);
-    else
+    if (give_up) {
+      unsigned n = fail_pending(p);
+
+      if (n > 0 && !p->broken)
+        log_error("%s: %u request(s) failed: no connection for %u s "
+                  "(--reconnect-timeout)", p->name, n,
+                  p->timeouts.reconnect_ms / 1000);
+    } else {
       resend_pending(p);
+    }
     watch_requests(p);
     g_mutex_lock(&p->lock);
 
@@ -404,6 +476,7 @@ pool_open(const char *name, const struct nbd_uri *uri,
     n = p->info.tflags & NBD_FLAG_CAN_MULTI_CONN ? DEFAULT_MULTI_CONN : 1;
   n = MIN(n, MAX_CONNECTIONS);
   p->slots = g_new0(struct slot, n);
+  p->slots[p->n].up_since = g_get_monotonic_time();
   p->slots[p->n++].conn = c;
   adopt(p, c);
 
@@ -418,6 +491,7 @@ pool_open(const char *name, const struct nbd_uri *uri,
     }
     if (rc < 0)
       goto fail;
+    p->slots[p->n].up_since = g_get_monotonic_time();
     p->slots[p->n++].conn = c;
     adopt(p, c);
   }

@@ -188,12 +188,32 @@ sched_new(struct pool *pool, const char *name, uint64_t replay_limit)
   return s;
 }
 
+/* Waits until no op is left.  finish() answers an op before it takes
+ * the op out of the list, and touches s no more once it has done so
+ * under s->lock and found the list empty. */
+static void
+wait_idle(struct sched *s)
+{
+  g_mutex_lock(&s->lock);
+  while (s->order.length > 0)
+    g_cond_wait(&s->idle, &s->lock);
+  g_mutex_unlock(&s->lock);
+}
+
 void
 sched_free(struct sched *s)
 {
   if (s == NULL)
     return;
+
+  /* The FLUSH of sched_drain() has been answered, but its finish() may
+   * still be running on a reader thread; and the worker may hold a
+   * FLUSH that makes room in the replay log, which it starts as it
+   * ends.  Freeing s before both are over was a use after free at
+   * unmount. */
+  wait_idle(s);
   g_thread_pool_free(s->worker, FALSE, TRUE);
+  wait_idle(s);
   g_queue_clear_full(&s->replay, replay_entry_free);
   g_mutex_clear(&s->lock);
   g_cond_clear(&s->idle);

@@ -299,6 +299,12 @@ struct nbd_cmd {
   nbd_cmd_done_fn done;
   void *user;
 
+  /* For whoever takes over orphans (nbd_conn_set_orphans_cb): when the
+   * command was first handed back, so that one the server never answers
+   * properly cannot go round for ever.  nbdproto never touches it; it
+   * starts at 0. */
+  gint64 lost_us;
+
   /* Results of BLOCK_STATUS: extents of the base:allocation context,
    * contiguous from offset, clipped to the request.  Owned by the
    * command; free with g_free() after done. */

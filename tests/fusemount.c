@@ -25,6 +25,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -861,4 +862,93 @@ fm_get_xattr(const char *path, const char *name)
     g_error("getxattr %s %s: %s", path, name, g_strerror(errno));
   buf[n] = '\0';
   return buf;
+}
+
+/* ---- A daemon in the foreground ---- */
+
+/* Child setup for fm_start_foreground(): what child_setup() does, and
+ * standard error into the log file named by LOG.
+ */
+static void
+foreground_setup(gpointer log)
+{
+  int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+
+  child_setup(NULL);
+  if (fd >= 0)
+    dup2(fd, STDERR_FILENO);
+}
+
+int
+fm_start_foreground(struct fm_mount *m, const char *const *args,
+                    const char *log, long *peak_kib)
+{
+  const char *nbdfs = g_getenv("NBDFS");
+  g_autoptr(GPtrArray) argv = g_ptr_array_new();
+  g_autoptr(GError) error = NULL;
+  g_autofree char *cmd = NULL;
+  gint64 deadline = g_get_monotonic_time() +
+                    START_TIMEOUT_S * G_USEC_PER_SEC;
+  pid_t pid;
+
+  g_assert_nonnull(nbdfs);
+  g_ptr_array_add(argv, (char *)nbdfs);
+  g_ptr_array_add(argv, "-f");
+  for (size_t i = 0; args != NULL && args[i] != NULL; i++)
+    g_ptr_array_add(argv, (char *)args[i]);
+  g_ptr_array_add(argv, m->dir);
+  g_ptr_array_add(argv, NULL);
+  cmd = g_strjoinv(" ", (char **)argv->pdata);
+  g_test_message("run: %s 2>>%s", cmd, log);
+
+  if (!g_spawn_async(NULL, (char **)argv->pdata, NULL,
+                     G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDOUT_TO_DEV_NULL,
+                     foreground_setup, (gpointer)log, &pid, &error))
+    g_error("fm_start_foreground: %s: %s", nbdfs, error->message);
+
+  /* Mounted, or ended: whichever comes first.  A foreground nbdfs is
+   * our own child, so the slot knows it at once and any exit takes it
+   * down with the mount.
+   */
+  fuse_slots[m->slot].pid = pid;
+  for (;;) {
+    g_autofree char *type = fm_mount_type(m->dir);
+    struct rusage ru;
+    int ws;
+
+    if (g_strcmp0(type, "fuse.nbdfs") == 0) {
+      m->daemon = pid;
+      m->status = 0;
+      return 0;
+    }
+    if (wait4(pid, &ws, WNOHANG, &ru) == pid) {
+      fuse_slots[m->slot].pid = 0;
+      m->status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
+      if (peak_kib != NULL)
+        *peak_kib = ru.ru_maxrss;
+      return m->status;
+    }
+    if (g_get_monotonic_time() > deadline) {
+      g_test_message("fm_start_foreground: no mount after %d s; "
+                     "killing nbdfs", START_TIMEOUT_S);
+      stop_child(pid);
+      fuse_slots[m->slot].pid = 0;
+      m->status = -1;
+      return -1;
+    }
+    sleep_ms(20);
+  }
+}
+
+long
+fm_peak_rss_kib(pid_t pid)
+{
+  g_autofree char *path = g_strdup_printf("/proc/%d/status", (int)pid);
+  g_autofree char *text = NULL;
+  const char *line;
+
+  if (!g_file_get_contents(path, &text, NULL, NULL))
+    return -1;
+  line = strstr(text, "\nVmHWM:");
+  return line != NULL ? strtol(line + 7, NULL, 10) : -1;
 }

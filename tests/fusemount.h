@@ -168,4 +168,22 @@ char *fm_make_sparse_file(const char *name, uint64_t size);
 /* The value of extended attribute NAME of PATH (free with g_free()). */
 char *fm_get_xattr(const char *path, const char *name);
 
+/* ---- A daemon in the foreground, for tests that read its log ---- */
+
+/* Runs "nbdfs -f ARGS... M->dir" as our child, with its standard error
+ * (every log line, -f sends them there) appended to the file LOG, and
+ * waits up to 30 s for the mount to appear or nbdfs to end.  Returns 0
+ * once mounted, with M->daemon set, so that fm_unmount() and fm_free()
+ * work as after fm_start().  Otherwise returns nbdfs's exit status, or
+ * -1 when a signal or the time limit ended it; then *PEAK_KIB (when not
+ * NULL) holds its peak resident size in KiB.  M->status is set too.
+ */
+int fm_start_foreground(struct fm_mount *m, const char *const *args,
+                        const char *log, long *peak_kib);
+
+/* The peak resident size (VmHWM) of the live process PID in KiB, or -1
+ * when it is gone.
+ */
+long fm_peak_rss_kib(pid_t pid);
+
 #endif /* NBDFS_FUSEMOUNT_H */
