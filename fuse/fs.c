@@ -214,24 +214,15 @@ fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   fuse_reply_buf(req, buf, used);
 }
 
+/* Answers an open once the export is connected. */
 static void
-fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+open_connected(fuse_req_t req, struct export *e, struct fuse_file_info *fi)
 {
   struct fs *fs = fs_of(req);
-  struct export *e = export_of(req, ino);
   g_autoptr(GError) error = NULL;
 
-  if (e == NULL) {
-    fuse_reply_err(req, ino == ROOT_INO ? EISDIR : ENOENT);
-    return;
-  }
-  if ((fi->flags & O_ACCMODE) != O_RDONLY && e->readonly) {
-    fuse_reply_err(req, EROFS);
-    return;
-  }
-
   /* --all: an export is connected when it is first opened; one that
-   * cannot be reached fails the open at once. */
+   * cannot be reached fails the open. */
   if (export_connect(e, &error) < 0) {
     log_error("%s", error->message);
     fuse_reply_err(req, EIO);
@@ -245,6 +236,55 @@ fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   fi->noflush = 1;    /* close(2) promises no durability */
   fi->fh = (fi->flags & (O_SYNC | O_DSYNC)) != 0;
   fuse_reply_open(req, fi);
+}
+
+struct open_job {
+  fuse_req_t req;
+  struct export *e;
+  struct fuse_file_info fi;
+};
+
+static gpointer
+open_main(gpointer data)
+{
+  struct open_job *j = data;
+
+  open_connected(j->req, j->e, &j->fi);
+  g_free(j);
+  return NULL;
+}
+
+static void
+fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct export *e = export_of(req, ino);
+  struct open_job *j;
+  bool connected;
+
+  if (e == NULL) {
+    fuse_reply_err(req, ino == ROOT_INO ? EISDIR : ENOENT);
+    return;
+  }
+  if ((fi->flags & O_ACCMODE) != O_RDONLY && e->readonly) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+
+  g_mutex_lock(&e->lock);
+  connected = e->connected;
+  g_mutex_unlock(&e->lock);
+  if (connected) {
+    open_connected(req, e, fi);
+    return;
+  }
+
+  /* Connecting takes round trips, and the one loop that reads FUSE
+   * requests (loop.c) must not wait for them. */
+  j = g_new(struct open_job, 1);
+  j->req = req;
+  j->e = e;
+  j->fi = *fi;
+  g_thread_unref(g_thread_new("nbdfs-open", open_main, j));
 }
 
 static void

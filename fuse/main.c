@@ -589,7 +589,6 @@ main(int argc, char **argv)
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
   struct fs fs = { 0 };
   struct fuse_session *se;
-  struct fuse_loop_config *cfg;
   const char *mountpoint;
   int rc, status;
 
@@ -649,7 +648,7 @@ main(int argc, char **argv)
   se = fuse_session_new(&args, &nbdfs_ops, sizeof nbdfs_ops, &fs);
   if (se == NULL)
     fail(EXIT_MOUNT, "mount: cannot start a FUSE session (see above)");
-  if (fuse_set_signal_handlers(se) < 0)
+  if (loop_prepare(se) < 0)
     fail(EXIT_MOUNT, "mount: cannot install signal handlers");
   if (fuse_session_mount(se, mountpoint) < 0) {
     g_autofree char *msg = g_strdup_printf("mount: %s: the mount failed "
@@ -660,16 +659,15 @@ main(int argc, char **argv)
   report_ready(0);
   g_thread_unref(g_thread_new("nbd-stats", stats_main, &fs));
 
-  cfg = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_clone_fd(cfg, 0);
-  fuse_loop_cfg_set_max_threads(cfg, 16);
-  rc = fuse_session_loop_mt(se, cfg);
-  fuse_loop_cfg_destroy(cfg);
+  rc = loop_run();
+  if (rc < 0)
+    log_error("serve: %s: reading /dev/fuse failed: %s", mountpoint,
+              g_strerror(-rc));
 
   log_info("unmounting %s", mountpoint);
   close_exports(&fs);
   fuse_session_unmount(se);
-  fuse_remove_signal_handlers(se);
+  loop_finish();
   fuse_session_destroy(se);
   fuse_opt_free_args(&args);
   g_ptr_array_free(fs.exports, TRUE);

@@ -214,4 +214,17 @@ struct fs {
 
 extern const struct fuse_lowlevel_ops nbdfs_ops;
 
+/* ---- loop.c: reading FUSE requests ------------------------------------ */
+
+/* Makes SIGTERM, SIGINT and SIGHUP end loop_run() for se.  Returns 0
+ * or a negative errno. */
+int loop_prepare(struct fuse_session *se);
+
+/* Serves the session until it is unmounted or a signal ends it.
+ * Returns 0 or a negative errno. */
+int loop_run(void);
+
+/* Puts the signals back to their defaults. */
+void loop_finish(void);
+
 #endif /* NBDFS_NBDFS_H */

@@ -521,7 +521,7 @@ next_phase(struct op *op)
 
 static void finish(struct op *op);
 
-/* Sends what the op's current phase allows.  Runs on a FUSE thread or
+/* Sends what the op's current phase allows.  Runs on the FUSE loop or
  * the worker, never on a reader thread. */
 static void
 advance(struct op *op)
@@ -870,6 +870,7 @@ sched_drain(struct sched *s)
   struct drain_wait w = { 0 };
   bool dirty;
 
+  nbd_uncork(); /* the waits below need this thread's requests sent */
   g_mutex_lock(&s->lock);
   while (s->order.length > 0)
     g_cond_wait(&s->idle, &s->lock);
@@ -881,6 +882,7 @@ sched_drain(struct sched *s)
   g_mutex_init(&w.lock);
   g_cond_init(&w.cond);
   sched_submit(s, OP_FLUSH, 0, 0, NULL, false, 0, drain_flushed, &w);
+  nbd_uncork();
   g_mutex_lock(&w.lock);
   while (!w.done)
     g_cond_wait(&w.cond, &w.lock);

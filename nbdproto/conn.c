@@ -5,11 +5,16 @@
  * whatever order the server sends them and completes each command from
  * there.  The in-flight table maps cookies to commands.
  *
+ * A thread that is corked (nbd_cork) queues its requests instead and
+ * writes them together when it uncorks: one writev carries a batch, so
+ * the server wakes once for it rather than once per request.
+ *
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 
 #include "reply.h"
 
@@ -30,6 +35,7 @@ struct nbd_conn {
   bool dead;               /* no new commands; reader ends or ended */
   bool closing;            /* NBD_CMD_DISC sent or about to be */
   bool reader_done;
+  unsigned corked;         /* queued by corked threads, not yet written */
   char *death;
 
   nbd_conn_dead_fn dead_fn;
@@ -349,13 +355,133 @@ check_cmd(const struct nbd_export_info *in, const struct nbd_cmd *cmd)
   return 0;
 }
 
+/* One request that a corked thread has queued. */
+struct corked {
+  struct nbd_conn *c;
+  struct nbd_cmd *cmd;
+  struct nbd_request req;
+};
+
+/* This thread's queue, or NULL when it is not corked. */
+static __thread GArray *cork;
+
+void
+nbd_cork(void)
+{
+  if (cork == NULL)
+    cork = g_array_new(FALSE, FALSE, sizeof(struct corked));
+}
+
+static void
+request_encode(struct nbd_request *req, const struct nbd_cmd *cmd)
+{
+  req->magic = htobe32(NBD_REQUEST_MAGIC);
+  req->flags = htobe16(cmd->flags);
+  req->type = htobe16(cmd->type);
+  req->cookie = htobe64(cmd->priv.cookie);
+  req->offset = htobe64(cmd->offset);
+  req->count = htobe32(cmd->count);
+}
+
+/* The write of cmd is over: from here a reply may complete it.  If one
+ * already tried, it was parked (park), and completing is our job. */
+static void
+sent(struct nbd_conn *c, struct nbd_cmd *cmd)
+{
+  bool parked;
+
+  g_mutex_lock(&c->lock);
+  cmd->priv.sending = false;
+  parked = cmd->priv.parked;
+  g_mutex_unlock(&c->lock);
+  if (parked && cmd->priv.parked_orphan)
+    c->orphans_fn(c, &cmd, 1, c->orphans_user);
+  else if (parked)
+    cmd->done(cmd, cmd->priv.parked_err);
+}
+
+/* Writes the queued requests of q[0..n), all for connection c, in as
+ * few writevs as IOV_MAX allows. */
+static void
+write_batch(struct nbd_conn *c, struct corked **q, guint n)
+{
+  struct iovec iov[MIN(IOV_MAX, 1024)];
+  GError *error = NULL;
+  guint done = 0;
+
+  while (done < n) {
+    int cnt = 0;
+    guint end = done;
+
+    while (end < n && cnt + 2 <= (int) G_N_ELEMENTS(iov)) {
+      struct corked *k = q[end++];
+
+      iov[cnt].iov_base = &k->req;
+      iov[cnt++].iov_len = sizeof k->req;
+      if (k->cmd->type == NBD_CMD_WRITE) {
+        iov[cnt].iov_base = k->cmd->buf;
+        iov[cnt++].iov_len = k->cmd->count;
+      }
+    }
+
+    /* After a failed write the connection is dead: the reader fails
+     * what is in flight, and the rest of the batch goes nowhere. */
+    if (error == NULL) {
+      g_mutex_lock(&c->send_lock);
+      if (nbd_transport_writev(c->t, iov, cnt, &error) < 0)
+        conn_die(c, error->message);
+      g_mutex_unlock(&c->send_lock);
+    }
+    for (; done < end; done++)
+      sent(c, q[done]->cmd);
+  }
+  g_clear_error(&error);
+
+  /* The last touch of c: nbd_conn_close waits for this count. */
+  g_mutex_lock(&c->lock);
+  c->corked -= n;
+  if (c->corked == 0)
+    g_cond_broadcast(&c->cond);
+  g_mutex_unlock(&c->lock);
+}
+
+void
+nbd_uncork(void)
+{
+  GArray *q = cork;
+  g_autofree struct corked **batch = NULL;
+
+  if (q == NULL)
+    return;
+  cork = NULL;
+
+  /* One batch per connection, each in the order it was queued. */
+  batch = g_new(struct corked *, MAX(q->len, 1));
+  for (guint i = 0; i < q->len; i++) {
+    struct nbd_conn *c = g_array_index(q, struct corked, i).c;
+    guint n = 0;
+
+    if (c == NULL)
+      continue;
+    for (guint j = i; j < q->len; j++) {
+      struct corked *k = &g_array_index(q, struct corked, j);
+
+      if (k->c == c) {
+        batch[n++] = k;
+        k->c = NULL;
+      }
+    }
+    write_batch(c, batch, n);
+  }
+  g_array_free(q, TRUE);
+}
+
 int
 nbd_conn_submit(struct nbd_conn *c, struct nbd_cmd *cmd)
 {
   struct nbd_request req;
   struct iovec iov[2];
   GError *error = NULL;
-  bool parked;
   int rc;
 
   rc = check_cmd(&c->info, cmd);
@@ -377,14 +503,19 @@ nbd_conn_submit(struct nbd_conn *c, struct nbd_cmd *cmd)
   cmd->priv.cookie = c->next_cookie++;
   cmd->priv.sending = true;
   g_hash_table_insert(c->inflight, &cmd->priv.cookie, cmd);
+  if (cork != NULL)
+    c->corked++;
   g_mutex_unlock(&c->lock);
 
-  req.magic = htobe32(NBD_REQUEST_MAGIC);
-  req.flags = htobe16(cmd->flags);
-  req.type = htobe16(cmd->type);
-  req.cookie = htobe64(cmd->priv.cookie);
-  req.offset = htobe64(cmd->offset);
-  req.count = htobe32(cmd->count);
+  if (cork != NULL) {
+    struct corked k = { .c = c, .cmd = cmd };
+
+    request_encode(&k.req, cmd);
+    g_array_append_val(cork, k);
+    return 0;
+  }
+
+  request_encode(&req, cmd);
   iov[0].iov_base = &req;
   iov[0].iov_len = sizeof req;
   iov[1].iov_base = cmd->buf;
@@ -399,16 +530,7 @@ nbd_conn_submit(struct nbd_conn *c, struct nbd_cmd *cmd)
     conn_die(c, error->message);
     g_error_free(error);
   }
-
-  /* The write is over: complete what was parked meanwhile (park). */
-  g_mutex_lock(&c->lock);
-  cmd->priv.sending = false;
-  parked = cmd->priv.parked;
-  g_mutex_unlock(&c->lock);
-  if (parked && cmd->priv.parked_orphan)
-    c->orphans_fn(c, &cmd, 1, c->orphans_user);
-  else if (parked)
-    cmd->done(cmd, cmd->priv.parked_err);
+  sent(c, cmd);
   return 0;
 }
 
@@ -443,6 +565,7 @@ nbd_conn_run(struct nbd_conn *c, struct nbd_cmd *cmd)
   cmd->user = &w;
 
   rc = nbd_conn_submit(c, cmd);
+  nbd_uncork(); /* the wait below needs the request on the wire */
   if (rc == 0) {
     g_mutex_lock(&w.lock);
     while (!w.done)
@@ -507,6 +630,12 @@ drained(struct nbd_conn *c)
 }
 
 static bool
+nothing_corked(struct nbd_conn *c)
+{
+  return c->corked == 0;
+}
+
+static bool
 reader_exited(struct nbd_conn *c)
 {
   return c->reader_done;
@@ -522,9 +651,14 @@ nbd_conn_close(struct nbd_conn *c, unsigned timeout_ms)
   if (c == NULL)
     return;
 
-  /* D5: stop new work and let what is in flight finish. */
+  /* D5: stop new work and let what is in flight finish.  Requests that
+   * corked threads queued go out first: nothing may follow the DISC
+   * (D4).  Corked threads do not block, so that wait is short. */
+  nbd_uncork();
   g_mutex_lock(&c->lock);
   c->closing = true;
+  while (!nothing_corked(c))
+    g_cond_wait(&c->cond, &c->lock);
   wait_until(c, drained, deadline);
   send_disc = !c->dead;
   g_mutex_unlock(&c->lock);

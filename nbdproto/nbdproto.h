@@ -380,6 +380,15 @@ int nbd_conn_submit(struct nbd_conn *conn, struct nbd_cmd *cmd);
 /* Submits cmd and waits for it.  Returns 0 or a negative errno. */
 int nbd_conn_run(struct nbd_conn *conn, struct nbd_cmd *cmd);
 
+/* Batching.  After nbd_cork(), nbd_conn_submit() on this thread queues
+ * each request instead of writing it, and nbd_uncork() writes them all,
+ * one writev per connection, so that the server reads a batch in one
+ * wake-up.  A corked thread must uncork before it waits for anything,
+ * since what it queued is not yet on the wire; nbd_conn_run() and
+ * nbd_conn_close() uncork first themselves. */
+void nbd_cork(void);
+void nbd_uncork(void);
+
 unsigned nbd_conn_in_flight(struct nbd_conn *conn);
 bool nbd_conn_is_dead(struct nbd_conn *conn);
 

@@ -4,7 +4,8 @@
  * These prove the parts above the reply parser: the in-flight table and
  * its cookies (X1, X6), what nbd_conn_submit refuses before anything is
  * sent (S7, X7, X13, O9), how a violation takes down every command in
- * flight (D9), and the disconnect (D4, D5, D6).
+ * flight (D9), corked batches (nbd_cork), and the disconnect (D4, D5,
+ * D6).
  *
  * SPDX-License-Identifier: BSD-3-Clause
  */
@@ -702,6 +703,109 @@ test_refusals_read_only(void)
   submit_refusals(&e, list, G_N_ELEMENTS(list));
 }
 
+/* ---- Corking: a batch of requests in one write ------------------------- */
+
+static void
+check_read_pattern(const struct slot *s)
+{
+  g_autofree uint8_t *want = g_malloc(s->cmd.count);
+
+  sc_pattern(want, s->cmd.offset, s->cmd.count);
+  g_assert_cmpmem(s->cmd.buf, s->cmd.count, want, s->cmd.count);
+}
+
+static void
+test_cork_holds_until_uncork(void)
+{
+  static const struct export e = { NBD_FLAG_HAS_FLAGS, 0, true, true };
+  struct scripted *sc = scripted_new();
+  struct serve serve = { .n = 3 };
+  struct slot slots[3];
+  struct track tr;
+  struct nbd_conn *c;
+
+  /* While corked nothing reaches the server; uncorking sends the three
+   * requests whole and in order (X2), and each is answered once. */
+  script_handshake(sc, &e);
+  scripted_expect_silence(sc, 300);
+  scripted_call(sc, swallow, &serve);
+  scripted_call(sc, answer_all, &serve);
+  scripted_expect_pred(sc, 28, is_disc, &serve, "NBD_CMD_DISC");
+  scripted_close(sc);
+
+  track_init(&tr);
+  c = start_conn(sc);
+  slot_set(&slots[0], &tr, NBD_CMD_READ, 0, 0, 4096);
+  slot_set(&slots[1], &tr, NBD_CMD_WRITE, 0, 65536, 8192);
+  slot_set(&slots[2], &tr, NBD_CMD_READ, 0, 16384, 4096);
+  nbd_cork();
+  for (unsigned i = 0; i < 3; i++)
+    g_assert_cmpint(nbd_conn_submit(c, &slots[i].cmd), ==, 0);
+  g_usleep(500 * G_TIME_SPAN_MILLISECOND);
+  g_assert_cmpuint(tr.done, ==, 0);
+  nbd_uncork();
+  g_assert_true(track_wait(&tr, &tr.done, 3));
+
+  for (unsigned i = 0; i < 3; i++) {
+    g_assert_cmpuint(slots[i].calls, ==, 1);
+    g_assert_cmpint(slots[i].err, ==, 0);
+    g_assert_cmpuint(serve.reqs[i].type, ==, slots[i].cmd.type);
+    g_assert_cmpuint(serve.reqs[i].offset, ==, slots[i].cmd.offset);
+  }
+  check_read_pattern(&slots[0]);
+  check_read_pattern(&slots[2]);
+
+  nbd_conn_close(c, 5000);
+  scripted_finish(sc);
+  scripted_assert_clean(sc);
+  for (unsigned i = 0; i < 3; i++)
+    slot_clear(&slots[i]);
+  track_clear(&tr);
+  scripted_free(sc);
+}
+
+static void
+test_cork_close_sends_first(void)
+{
+  static const struct export e = { NBD_FLAG_HAS_FLAGS, 0, true, true };
+  struct scripted *sc = scripted_new();
+  struct serve serve = { .n = 2 };
+  struct slot slots[2];
+  struct track tr;
+  struct nbd_conn *c;
+
+  /* D4: closing while corked writes the queued requests before the
+   * DISC, never after it, and waits for their replies (D5). */
+  script_handshake(sc, &e);
+  scripted_call(sc, swallow, &serve);
+  scripted_call(sc, answer_all, &serve);
+  scripted_expect_pred(sc, 28, is_disc, &serve, "NBD_CMD_DISC");
+  scripted_close(sc);
+
+  track_init(&tr);
+  c = start_conn(sc);
+  slot_set(&slots[0], &tr, NBD_CMD_READ, 0, 0, 4096);
+  slot_set(&slots[1], &tr, NBD_CMD_WRITE, 0, 8192, 4096);
+  nbd_cork();
+  for (unsigned i = 0; i < 2; i++)
+    g_assert_cmpint(nbd_conn_submit(c, &slots[i].cmd), ==, 0);
+  nbd_conn_close(c, 5000);
+  scripted_finish(sc);
+  scripted_assert_clean(sc);
+
+  for (unsigned i = 0; i < 2; i++) {
+    g_assert_cmpuint(slots[i].calls, ==, 1);
+    g_assert_cmpint(slots[i].err, ==, 0);
+  }
+  check_read_pattern(&slots[0]);
+  nbd_uncork(); /* nothing is left to send: a no-op */
+
+  for (unsigned i = 0; i < 2; i++)
+    slot_clear(&slots[i]);
+  track_clear(&tr);
+  scripted_free(sc);
+}
+
 /* ---- D4, D5, D6: closing --------------------------------------------- */
 
 static void
@@ -827,6 +931,10 @@ main(int argc, char **argv)
                   test_refusals_no_fua);
   g_test_add_func("/nbdproto/conn/O9/submit-refusals-read-only",
                   test_refusals_read_only);
+  g_test_add_func("/nbdproto/conn/X2/cork-holds-until-uncork",
+                  test_cork_holds_until_uncork);
+  g_test_add_func("/nbdproto/conn/D4/cork-close-sends-first",
+                  test_cork_close_sends_first);
   g_test_add_func("/nbdproto/conn/D5/close-drains-then-disc",
                   test_close_drains_then_disc);
   g_test_add_func("/nbdproto/conn/D6/close-when-server-never-closes",
