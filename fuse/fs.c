@@ -340,14 +340,15 @@ fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     return;
   }
 
-  /* libfuse reuses buf for the next request once we return: one copy,
-   * which the replay log then shares. */
+  /* libfuse reuses buf for the next request once we return, unless
+   * the loop gives it up (loop_take_payload); the replay log shares
+   * what the scheduler keeps. */
   w = g_new(struct write_req, 1);
   w->req = req;
   w->len = size;
   sync = fi->fh || (fi->flags & (O_SYNC | O_DSYNC));
-  sched_submit(e->sched, OP_WRITE, off, size, g_bytes_new(buf, size), sync,
-               0, reply_write, w);
+  sched_submit(e->sched, OP_WRITE, off, size, loop_take_payload(buf, size),
+               sync, 0, reply_write, w);
 }
 
 static void

@@ -28,8 +28,11 @@
 #define BATCH_MAX 32               /* requests corked at most */
 #define BATCH_BYTES (128 * 1024)   /* a request this big goes out at once */
 
+#define TAKE_MIN (256 * 1024)      /* a payload worth its own buffer */
+
 static struct fuse_session *loop_se;
 static int loop_stop = -1;         /* eventfd: a signal asks the loop out */
+static struct fuse_buf *loop_buf;  /* holds the request being handled */
 
 /* SIGTERM, SIGINT and SIGHUP end the loop, whichever thread the kernel
  * picks to run the handler: the eventfd wakes the loop's epoll_wait.
@@ -104,7 +107,9 @@ serve(int ep)
       break;
     }
 
+    loop_buf = &buf;
     fuse_session_process_buf(loop_se, &buf);
+    loop_buf = NULL;
     batch++;
 
     /* A large write is worth sending while the next request is read. */
@@ -117,6 +122,25 @@ serve(int ep)
   nbd_uncork();
   free(buf.mem);
   return rc < 0 ? rc : 0;
+}
+
+GBytes *
+loop_take_payload(const void *data, size_t size)
+{
+  struct fuse_buf *b = loop_buf;
+  const char *p = data, *mem = b != NULL ? b->mem : NULL;
+  GBytes *bytes;
+
+  /* A small payload is copied: the replay log may keep it for a while,
+   * and it should not pin a whole request buffer of 1 MiB. */
+  if (mem == NULL || size < TAKE_MIN || p < mem || p + size > mem + b->size)
+    return g_bytes_new(data, size);
+
+  /* A large one keeps the buffer it was read into, which saves a copy;
+   * libfuse allocates a new one for the next request. */
+  bytes = g_bytes_new_with_free_func(data, size, free, b->mem);
+  b->mem = NULL;
+  return bytes;
 }
 
 int

@@ -99,8 +99,9 @@ int pool_open(const char *name, const struct nbd_uri *uri,
 const struct nbd_export_info *pool_info(const struct pool *p);
 unsigned pool_size(const struct pool *p);
 
-/* Sends cmd on the least busy live connection.  Returns 0 (done will be
- * called) or a negative errno (it will not). */
+/* Sends cmd on a live connection: small commands on the first, large
+ * ones in turn on each.  Returns 0 (done will be called) or a negative
+ * errno (it will not). */
 int pool_submit(struct pool *p, struct nbd_cmd *cmd);
 
 /* Sends cmd on connection i, for a FLUSH that must reach every
@@ -226,5 +227,10 @@ int loop_run(void);
 
 /* Puts the signals back to their defaults. */
 void loop_finish(void);
+
+/* The payload of the write being handled, for the scheduler to keep:
+ * a large one keeps the buffer the loop read it into, a small one is
+ * copied. */
+GBytes *loop_take_payload(const void *data, size_t size);
 
 #endif /* NBDFS_NBDFS_H */
