@@ -55,6 +55,7 @@ struct sched {
 
   GMutex lock;              /* everything below, and every op's state */
   GCond idle;               /* order list became empty */
+  unsigned idle_waiters;    /* threads waiting on idle */
   GQueue order;             /* struct op, in arrival order */
   uint64_t acked;           /* generation: write commands acknowledged */
   uint64_t flushed;         /* the generation a FLUSH last covered */
@@ -195,8 +196,10 @@ static void
 wait_idle(struct sched *s)
 {
   g_mutex_lock(&s->lock);
+  s->idle_waiters++;
   while (s->order.length > 0)
     g_cond_wait(&s->idle, &s->lock);
+  s->idle_waiters--;
   g_mutex_unlock(&s->lock);
 }
 
@@ -713,7 +716,8 @@ finish(struct op *op)
       g_ptr_array_add(ready, w);
     }
   }
-  if (s->order.length == 0)
+  /* A broadcast is a system call even with no one waiting. */
+  if (s->order.length == 0 && s->idle_waiters > 0)
     g_cond_broadcast(&s->idle);
   g_mutex_unlock(&s->lock);
 
@@ -872,8 +876,10 @@ sched_drain(struct sched *s)
 
   nbd_uncork(); /* the waits below need this thread's requests sent */
   g_mutex_lock(&s->lock);
+  s->idle_waiters++;
   while (s->order.length > 0)
     g_cond_wait(&s->idle, &s->lock);
+  s->idle_waiters--;
   dirty = s->acked != s->flushed;
   g_mutex_unlock(&s->lock);
   if (!dirty)

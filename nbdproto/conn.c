@@ -106,9 +106,11 @@ retire(void *opaque, struct nbd_cmd *cmd, int err)
   if (nbd_trace_hook != NULL)
     trace(c, cmd, err);
 
+  /* Only nbd_conn_close waits on c->cond, and it sets closing first:
+   * a broadcast costs a system call even with no one waiting. */
   g_mutex_lock(&c->lock);
   g_hash_table_remove(c->inflight, &cmd->priv.cookie);
-  if (g_hash_table_size(c->inflight) == 0)
+  if (c->closing && g_hash_table_size(c->inflight) == 0)
     g_cond_broadcast(&c->cond);
   if (park(cmd, err, false)) {
     g_mutex_unlock(&c->lock);
@@ -440,7 +442,7 @@ write_batch(struct nbd_conn *c, struct corked **q, guint n)
   /* The last touch of c: nbd_conn_close waits for this count. */
   g_mutex_lock(&c->lock);
   c->corked -= n;
-  if (c->corked == 0)
+  if (c->closing && c->corked == 0)
     g_cond_broadcast(&c->cond);
   g_mutex_unlock(&c->lock);
 }
