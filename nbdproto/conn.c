@@ -7,7 +7,10 @@
  *
  * A thread that is corked (nbd_cork) queues its requests instead and
  * writes them together when it uncorks: one writev carries a batch, so
- * the server wakes once for it rather than once per request.
+ * the server wakes once for it rather than once per request.  A batch
+ * that carries a large payload goes to the connection's writer thread
+ * instead, so that the thread which uncorked (the FUSE loop) reads the
+ * next request while the payload is copied into the socket.
  *
  * SPDX-License-Identifier: BSD-3-Clause
  */
@@ -27,6 +30,8 @@ struct nbd_conn {
   GThread *reader;
 
   GMutex send_lock;        /* one request on the wire at a time */
+  GThread *writer;         /* writes handed-off batches; started lazily */
+  GAsyncQueue *handoffs;   /* struct handoff, for the writer */
 
   GMutex lock;             /* everything below */
   GCond cond;              /* in-flight drained, reader exited */
@@ -36,6 +41,7 @@ struct nbd_conn {
   bool closing;            /* NBD_CMD_DISC sent or about to be */
   bool reader_done;
   unsigned corked;         /* queued by corked threads, not yet written */
+  unsigned handed;         /* batches handed to the writer, not written */
   char *death;
 
   nbd_conn_dead_fn dead_fn;
@@ -70,6 +76,9 @@ trace(struct nbd_conn *c, struct nbd_cmd *cmd, int err)
 }
 
 static void conn_die(struct nbd_conn *c, const char *why);
+
+/* A corked batch with this much payload goes to the writer thread. */
+#define HANDOFF_BYTES (128 * 1024)
 
 /* A reply can overtake the writev that sent its request: the server
  * answers as soon as it has read the bytes, before sendmsg() returns
@@ -447,6 +456,74 @@ write_batch(struct nbd_conn *c, struct corked **q, guint n)
   g_mutex_unlock(&c->lock);
 }
 
+/* A batch for the writer thread: its own copy of the queued requests,
+ * since the corked thread's queue is freed when it uncorks. */
+struct handoff {
+  guint n;
+  struct corked *ptr[];    /* each points into the array that follows */
+};
+
+/* Ends the writer; never a real handoff. */
+static struct handoff writer_stop;
+
+static gpointer
+writer_main(gpointer opaque)
+{
+  struct nbd_conn *c = opaque;
+  struct handoff *h;
+
+  while ((h = g_async_queue_pop(c->handoffs)) != &writer_stop) {
+    write_batch(c, h->ptr, h->n);
+    g_free(h);
+
+    /* nbd_conn_close joins this thread before it frees c. */
+    g_mutex_lock(&c->lock);
+    c->handed--;
+    g_mutex_unlock(&c->lock);
+  }
+  return NULL;
+}
+
+/* Whether the batch q[0..n) for c goes to its writer thread: when its
+ * payload is large enough that copying it into the socket is worth
+ * another thread's time, or when earlier batches went there, which it
+ * must not overtake.  Takes the batch when it does. */
+static bool
+hand_off(struct nbd_conn *c, struct corked **q, guint n)
+{
+  struct handoff *h;
+  struct corked *copies;
+  size_t bytes = 0;
+  bool handed;
+
+  for (guint i = 0; i < n; i++)
+    if (q[i]->cmd->type == NBD_CMD_WRITE)
+      bytes += q[i]->cmd->count;
+
+  g_mutex_lock(&c->lock);
+  handed = bytes >= HANDOFF_BYTES || c->handed > 0;
+  if (handed) {
+    c->handed++;
+    if (c->writer == NULL) {
+      c->handoffs = g_async_queue_new();
+      c->writer = g_thread_new("nbd-writer", writer_main, c);
+    }
+  }
+  g_mutex_unlock(&c->lock);
+  if (!handed)
+    return false;
+
+  h = g_malloc(sizeof *h + n * (sizeof h->ptr[0] + sizeof *copies));
+  h->n = n;
+  copies = (struct corked *) &h->ptr[n];
+  for (guint i = 0; i < n; i++) {
+    copies[i] = *q[i];
+    h->ptr[i] = &copies[i];
+  }
+  g_async_queue_push(c->handoffs, h);
+  return true;
+}
+
 void
 nbd_uncork(void)
 {
@@ -473,7 +550,8 @@ nbd_uncork(void)
         k->c = NULL;
       }
     }
-    write_batch(c, batch, n);
+    if (!hand_off(c, batch, n))
+      write_batch(c, batch, n);
   }
   g_array_free(q, TRUE);
 }
@@ -687,6 +765,12 @@ nbd_conn_close(struct nbd_conn *c, unsigned timeout_ms)
   }
   g_mutex_unlock(&c->lock);
   g_thread_join(c->reader);
+  if (c->writer != NULL) {
+    /* Nothing is corked, so nothing is handed off any more. */
+    g_async_queue_push(c->handoffs, &writer_stop);
+    g_thread_join(c->writer);
+    g_async_queue_unref(c->handoffs);
+  }
 
   nbd_reply_parser_clear(&c->parser);
   nbd_transport_free(c->t);

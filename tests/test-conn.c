@@ -806,6 +806,57 @@ test_cork_close_sends_first(void)
   scripted_free(sc);
 }
 
+static void
+test_cork_large_in_order(void)
+{
+  static const struct export e = { NBD_FLAG_HAS_FLAGS, 0, true, true };
+  struct scripted *sc = scripted_new();
+  struct serve serve = { .n = 3 };
+  struct slot slots[3];
+  struct track tr;
+  struct nbd_conn *c;
+
+  /* A batch with a large payload is written by the connection's writer
+   * thread.  The batches after it keep their place on the wire (X2),
+   * and a close still sends all of them before the DISC (D4). */
+  script_handshake(sc, &e);
+  scripted_call(sc, swallow, &serve);
+  scripted_call(sc, answer_all, &serve);
+  scripted_expect_pred(sc, 28, is_disc, &serve, "NBD_CMD_DISC");
+  scripted_close(sc);
+
+  track_init(&tr);
+  c = start_conn(sc);
+  slot_set(&slots[0], &tr, NBD_CMD_WRITE, 0, 0, 512 * 1024);
+  slot_set(&slots[1], &tr, NBD_CMD_READ, 0, 512 * 1024, 4096);
+  slot_set(&slots[2], &tr, NBD_CMD_READ, 0, 768 * 1024, 4096);
+  nbd_cork();
+  g_assert_cmpint(nbd_conn_submit(c, &slots[0].cmd), ==, 0);
+  nbd_uncork();
+  nbd_cork();
+  g_assert_cmpint(nbd_conn_submit(c, &slots[1].cmd), ==, 0);
+  nbd_uncork();
+  nbd_cork();
+  g_assert_cmpint(nbd_conn_submit(c, &slots[2].cmd), ==, 0);
+  nbd_conn_close(c, 5000);
+  scripted_finish(sc);
+  scripted_assert_clean(sc);
+
+  for (unsigned i = 0; i < 3; i++) {
+    g_assert_cmpuint(slots[i].calls, ==, 1);
+    g_assert_cmpint(slots[i].err, ==, 0);
+    g_assert_cmpuint(serve.reqs[i].type, ==, slots[i].cmd.type);
+    g_assert_cmpuint(serve.reqs[i].offset, ==, slots[i].cmd.offset);
+  }
+  check_read_pattern(&slots[1]);
+  check_read_pattern(&slots[2]);
+
+  for (unsigned i = 0; i < 3; i++)
+    slot_clear(&slots[i]);
+  track_clear(&tr);
+  scripted_free(sc);
+}
+
 /* ---- D4, D5, D6: closing --------------------------------------------- */
 
 static void
@@ -935,6 +986,8 @@ main(int argc, char **argv)
                   test_cork_holds_until_uncork);
   g_test_add_func("/nbdproto/conn/D4/cork-close-sends-first",
                   test_cork_close_sends_first);
+  g_test_add_func("/nbdproto/conn/X2/cork-large-in-order",
+                  test_cork_large_in_order);
   g_test_add_func("/nbdproto/conn/D5/close-drains-then-disc",
                   test_close_drains_then_disc);
   g_test_add_func("/nbdproto/conn/D6/close-when-server-never-closes",
