@@ -379,6 +379,13 @@ fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void
 fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+  struct export *e = export_of(req, ino);
+
+  /* O5: close(2) promises no durability, so it does not wait; but a file
+   * its writer has closed should not stay at risk, nor hold the replay
+   * log's memory, until some later fsync. */
+  if (e != NULL && e->sched != NULL && (fi->flags & O_ACCMODE) != O_RDONLY)
+    sched_flush_behind(e->sched);
   fuse_reply_err(req, 0);
 }
 

@@ -166,6 +166,11 @@ void sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
  * happened since the last one.  Returns 0 or a positive errno. */
 int sched_drain(struct sched *s);
 
+/* Starts a FLUSH, without waiting for it, if any write happened since
+ * the last one: after a writer closes the file, what it wrote becomes
+ * durable soon and leaves the replay log. */
+void sched_flush_behind(struct sched *s);
+
 /* Appends the export's live statistics (stats_format) to out. */
 void sched_stats(struct sched *s, GString *out);
 

@@ -918,6 +918,29 @@ auto_flush(struct sched *s)
   sched_submit(s, OP_FLUSH, 0, 0, NULL, false, 0, auto_flushed, s);
 }
 
+static void
+closed_flushed(struct op *op, int err, const void *data, uint64_t result,
+               void *user)
+{
+  struct sched *s = user;
+
+  if (err != 0)
+    log_warning("%s: flush after close failed: %s; the next fsync will "
+                "try again", s->name, g_strerror(err));
+}
+
+void
+sched_flush_behind(struct sched *s)
+{
+  bool dirty;
+
+  g_mutex_lock(&s->lock);
+  dirty = s->acked != s->flushed || s->order.length > 0;
+  g_mutex_unlock(&s->lock);
+  if (dirty)
+    sched_submit(s, OP_FLUSH, 0, 0, NULL, false, 0, closed_flushed, s);
+}
+
 /* The pool lost a connection.  Writes that are acknowledged, not
  * flushed and not in the log may be gone. */
 static void

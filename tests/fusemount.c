@@ -940,15 +940,29 @@ fm_start_foreground(struct fm_mount *m, const char *const *args,
   }
 }
 
-long
-fm_peak_rss_kib(pid_t pid)
+/* The value in KiB of FIELD ("VmHWM") in /proc/PID/status, or -1. */
+static long
+status_kib(pid_t pid, const char *field)
 {
   g_autofree char *path = g_strdup_printf("/proc/%d/status", (int)pid);
+  g_autofree char *key = g_strdup_printf("\n%s:", field);
   g_autofree char *text = NULL;
   const char *line;
 
   if (!g_file_get_contents(path, &text, NULL, NULL))
     return -1;
-  line = strstr(text, "\nVmHWM:");
-  return line != NULL ? strtol(line + 7, NULL, 10) : -1;
+  line = strstr(text, key);
+  return line != NULL ? strtol(line + strlen(key), NULL, 10) : -1;
+}
+
+long
+fm_peak_rss_kib(pid_t pid)
+{
+  return status_kib(pid, "VmHWM");
+}
+
+long
+fm_rss_kib(pid_t pid)
+{
+  return status_kib(pid, "VmRSS");
 }

@@ -186,4 +186,7 @@ int fm_start_foreground(struct fm_mount *m, const char *const *args,
  */
 long fm_peak_rss_kib(pid_t pid);
 
+/* The resident size (VmRSS) of the live process PID in KiB, or -1. */
+long fm_rss_kib(pid_t pid);
+
 #endif /* NBDFS_FUSEMOUNT_H */

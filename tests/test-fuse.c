@@ -231,6 +231,120 @@ test_stats(void)
   tl_server_stop(server);
 }
 
+/* The flush count in the export's user.nbd.stats. */
+static guint64
+flushes(const char *file)
+{
+  g_autofree char *line = fm_get_xattr(file, "user.nbd.stats");
+
+  g_assert_nonnull(line);
+  return stat_count(line, "flush");
+}
+
+/* Waits up to 5 s for the flush count to pass BEFORE; returns it. */
+static guint64
+await_flush(const char *file, guint64 before)
+{
+  guint64 now = flushes(file);
+
+  for (int i = 0; i < 100 && now <= before; i++) {
+    g_usleep(50 * 1000);
+    now = flushes(file);
+  }
+  return now;
+}
+
+/* O2, O5: closing a file that was written sends a FLUSH without fsync,
+ * and close does not wait for it; a file only read sends none. */
+static void
+test_flush_behind(void)
+{
+  g_autofree char *uri = NULL;
+  g_autofree char *file = NULL;
+  g_autoptr(fm_mount) m = NULL;
+  struct tl_server *server;
+  guint8 buf[4096] = { 1 };
+  guint64 before;
+  int fd;
+
+  if (!fm_nbdfs() || !tl_require("nbdkit"))
+    return;
+
+  server = fm_start_nbdkit((const char *const[]){ "memory", "4M", NULL });
+  uri = tl_server_uri(server, "");
+  m = fm_mounted((const char *const[]){ uri, NULL });
+  file = fm_path(m, "disk");
+
+  before = flushes(file);
+  fd = open(file, O_RDWR | O_CLOEXEC);
+  g_assert_cmpint(fd, >=, 0);
+  g_assert_cmpint(pwrite(fd, buf, sizeof buf, 0), ==, sizeof buf);
+  g_assert_cmpint(close(fd), ==, 0);
+  before = await_flush(file, before);
+  g_assert_cmpuint(before, >=, 1);
+
+  fd = open(file, O_RDONLY | O_CLOEXEC);
+  g_assert_cmpint(fd, >=, 0);
+  g_assert_cmpint(pread(fd, buf, sizeof buf, 0), ==, sizeof buf);
+  g_assert_cmpint(close(fd), ==, 0);
+  g_usleep(300 * 1000);
+  g_assert_cmpuint(flushes(file), ==, before);
+
+  g_assert_cmpint(fm_unmount(m, NULL), ==, 0);
+  tl_server_stop(server);
+}
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__has_feature)
+#define __has_feature(x) 0
+#endif
+#if !defined(__SANITIZE_ADDRESS__) && !__has_feature(address_sanitizer)
+/* The replay log holds written data until a FLUSH; once the writer has
+ * closed the file and the daemon has been idle a while, that memory
+ * goes back to the system.  (Not under AddressSanitizer, whose
+ * allocator keeps freed memory in quarantine.) */
+static void
+test_idle_memory(void)
+{
+  const uint64_t total = 48 * MiB;
+  g_autofree char *uri = NULL;
+  g_autofree char *file = NULL;
+  g_autofree guint8 *buf = g_malloc(MiB);
+  g_autoptr(fm_mount) m = NULL;
+  struct tl_server *server;
+  long rss = 0;
+  int fd;
+
+  if (!fm_nbdfs() || !tl_require("nbdkit"))
+    return;
+
+  server = fm_start_nbdkit((const char *const[]){ "memory", "64M", NULL });
+  uri = tl_server_uri(server, "");
+  m = fm_mounted((const char *const[]){ uri, NULL });
+  file = fm_path(m, "disk");
+
+  memset(buf, 0x5a, MiB);
+  fd = open(file, O_WRONLY | O_CLOEXEC);
+  g_assert_cmpint(fd, >=, 0);
+  for (uint64_t off = 0; off < total; off += MiB)
+    g_assert_cmpint(pwrite(fd, buf, MiB, off), ==, MiB);
+
+  /* Acknowledged, not flushed: the replay log holds all of it. */
+  rss = fm_rss_kib(m->daemon);
+  g_test_message("nbdfs RSS with 48 MiB unflushed: %ld KiB", rss);
+  g_assert_cmpint(rss, >=, (long)(total / KiB));
+  g_assert_cmpint(close(fd), ==, 0);
+
+  for (int i = 0; i < 100 && (rss = fm_rss_kib(m->daemon)) > 24 * 1024; i++)
+    g_usleep(50 * 1000);
+  g_test_message("nbdfs RSS after close and idle: %ld KiB", rss);
+  g_assert_cmpint(rss, >, 0);
+  g_assert_cmpint(rss, <=, 24 * 1024);
+
+  g_assert_cmpint(fm_unmount(m, NULL), ==, 0);
+  tl_server_stop(server);
+}
+#endif
+
 static void
 test_xattrs(void)
 {
@@ -934,6 +1048,10 @@ main(int argc, char **argv)
                        test_truncate_refused);
   g_test_add_func("/fuse/file/xattrs", test_xattrs);
   g_test_add_func("/fuse/file/stats", test_stats);
+  g_test_add_func("/fuse/file/flush-behind", test_flush_behind);
+#if !defined(__SANITIZE_ADDRESS__) && !__has_feature(address_sanitizer)
+  g_test_add_func("/fuse/file/idle-memory", test_idle_memory);
+#endif
   g_test_add_func("/fuse/file/statfs", test_statfs);
   g_test_add_func("/fuse/data/nbdkit", test_data_nbdkit);
   g_test_add_func("/fuse/data/nbd-server", test_data_nbd_server);
