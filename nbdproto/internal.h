@@ -31,7 +31,14 @@ struct nbd_transport {
   int fd;
   char *name;          /* endpoint, for messages */
   void *tls;           /* the TLS session when ops is the TLS pair */
+  unsigned timeout_ms; /* SO_RCVTIMEO and SO_SNDTIMEO; 0: none */
+  int big_sends;       /* atomic: the last send was large */
 };
+
+/* recv() on a socket without a timeout.  With poll_first it waits in
+ * poll() when nothing is there yet (see transport.c).  Returns what
+ * recv() returns. */
+ssize_t nbd_socket_recv(int fd, void *buf, size_t len, bool poll_first);
 
 /* Big-endian loads from a byte buffer that may be unaligned. */
 static inline uint16_t

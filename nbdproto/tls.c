@@ -44,6 +44,7 @@ struct tls_conn {
   struct nbd_tls_config *cfg;       /* a reference */
   int fd;
   const char *name;                 /* the transport's, for messages */
+  int *big_sends;                   /* the transport's */
   bool established;
 
   /* Receiving side (the handshake, then the reader thread). */
@@ -72,7 +73,10 @@ tls_pull(gnutls_transport_ptr_t p, void *buf, size_t len)
   struct tls_conn *tc = p;
 
   for (;;) {
-    ssize_t n = recv(tc->fd, buf, len, 0);
+    /* poll() ignores SO_RCVTIMEO, but sends are large only in the
+     * transmission phase, which has no timeout. */
+    ssize_t n = nbd_socket_recv(tc->fd, buf, len, tc->established &&
+                                g_atomic_int_get(tc->big_sends));
 
     if (n > 0 && !tc->established && tc->first_len < sizeof tc->first) {
       size_t k = MIN((size_t) n, sizeof tc->first - tc->first_len);
@@ -762,6 +766,7 @@ nbd_tls_start(struct nbd_transport *t, struct nbd_tls_config *cfg,
   tc->cfg = nbd_tls_config_ref(cfg);
   tc->fd = t->fd;
   tc->name = t->name;
+  tc->big_sends = &t->big_sends;
   tc->gather = g_malloc(RECORD_MAX);
   rc = session_new(tc, error);
   if (rc < 0)
