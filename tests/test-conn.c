@@ -705,6 +705,33 @@ test_refusals_read_only(void)
 
 /* ---- Corking: a batch of requests in one write ------------------------- */
 
+/* The server's side of a batch: after the handshake it reads
+ * serve->n requests, answers them all, then expects the DISC. */
+static void
+script_batch(struct scripted *sc, const struct export *e,
+             struct serve *serve)
+{
+  script_handshake(sc, e);
+  scripted_call(sc, swallow, serve);
+  scripted_call(sc, answer_all, serve);
+  scripted_expect_pred(sc, 28, is_disc, serve, "NBD_CMD_DISC");
+  scripted_close(sc);
+}
+
+/* Each of the n slots was answered once, without error, and reached
+ * the server in its place (X2). */
+static void
+check_batch(const struct slot *slots, const struct serve *serve,
+            unsigned n)
+{
+  for (unsigned i = 0; i < n; i++) {
+    g_assert_cmpuint(slots[i].calls, ==, 1);
+    g_assert_cmpint(slots[i].err, ==, 0);
+    g_assert_cmpuint(serve->reqs[i].type, ==, slots[i].cmd.type);
+    g_assert_cmpuint(serve->reqs[i].offset, ==, slots[i].cmd.offset);
+  }
+}
+
 static void
 check_read_pattern(const struct slot *s)
 {
@@ -746,12 +773,7 @@ test_cork_holds_until_uncork(void)
   nbd_uncork();
   g_assert_true(track_wait(&tr, &tr.done, 3));
 
-  for (unsigned i = 0; i < 3; i++) {
-    g_assert_cmpuint(slots[i].calls, ==, 1);
-    g_assert_cmpint(slots[i].err, ==, 0);
-    g_assert_cmpuint(serve.reqs[i].type, ==, slots[i].cmd.type);
-    g_assert_cmpuint(serve.reqs[i].offset, ==, slots[i].cmd.offset);
-  }
+  check_batch(slots, &serve, 3);
   check_read_pattern(&slots[0]);
   check_read_pattern(&slots[2]);
 
@@ -776,11 +798,7 @@ test_cork_close_sends_first(void)
 
   /* D4: closing while corked writes the queued requests before the
    * DISC, never after it, and waits for their replies (D5). */
-  script_handshake(sc, &e);
-  scripted_call(sc, swallow, &serve);
-  scripted_call(sc, answer_all, &serve);
-  scripted_expect_pred(sc, 28, is_disc, &serve, "NBD_CMD_DISC");
-  scripted_close(sc);
+  script_batch(sc, &e, &serve);
 
   track_init(&tr);
   c = start_conn(sc);
@@ -819,11 +837,7 @@ test_cork_large_in_order(void)
   /* A batch with a large payload is written by the connection's writer
    * thread.  The batches after it keep their place on the wire (X2),
    * and a close still sends all of them before the DISC (D4). */
-  script_handshake(sc, &e);
-  scripted_call(sc, swallow, &serve);
-  scripted_call(sc, answer_all, &serve);
-  scripted_expect_pred(sc, 28, is_disc, &serve, "NBD_CMD_DISC");
-  scripted_close(sc);
+  script_batch(sc, &e, &serve);
 
   track_init(&tr);
   c = start_conn(sc);
@@ -842,12 +856,7 @@ test_cork_large_in_order(void)
   scripted_finish(sc);
   scripted_assert_clean(sc);
 
-  for (unsigned i = 0; i < 3; i++) {
-    g_assert_cmpuint(slots[i].calls, ==, 1);
-    g_assert_cmpint(slots[i].err, ==, 0);
-    g_assert_cmpuint(serve.reqs[i].type, ==, slots[i].cmd.type);
-    g_assert_cmpuint(serve.reqs[i].offset, ==, slots[i].cmd.offset);
-  }
+  check_batch(slots, &serve, 3);
   check_read_pattern(&slots[1]);
   check_read_pattern(&slots[2]);
 

@@ -165,7 +165,19 @@ test_truncate_refused(gconstpointer data)
   tl_server_stop(server);
 }
 
-/* The user.nbd.* attributes describe the export; others do not exist. */
+/* Mounts nbdfs over a new nbdkit memory disk of SIZE ("4M"); returns
+ * the path of its file. */
+static char *
+mount_memory(const char *size, struct tl_server **server, fm_mount **m)
+{
+  g_autofree char *uri = NULL;
+
+  *server = fm_start_nbdkit((const char *const[]){ "memory", size, NULL });
+  uri = tl_server_uri(*server, "");
+  *m = fm_mounted((const char *const[]){ uri, NULL });
+  return fm_path(*m, "disk");
+}
+
 /* The count of NAME=COUNT/BYTESB in a user.nbd.stats line. */
 static guint64
 stat_count(const char *line, const char *name)
@@ -183,7 +195,6 @@ stat_count(const char *line, const char *name)
 static void
 test_stats(void)
 {
-  g_autofree char *uri = NULL;
   g_autofree char *file = NULL;
   g_autofree char *before = NULL;
   g_autofree char *after = NULL;
@@ -196,10 +207,7 @@ test_stats(void)
   if (!fm_nbdfs() || !tl_require("nbdkit"))
     return;
 
-  server = fm_start_nbdkit((const char *const[]){ "memory", "4M", NULL });
-  uri = tl_server_uri(server, "");
-  m = fm_mounted((const char *const[]){ uri, NULL });
-  file = fm_path(m, "disk");
+  file = mount_memory("4M", &server, &m);
 
   before = fm_get_xattr(file, "user.nbd.stats");
   g_assert_nonnull(before);
@@ -259,7 +267,6 @@ await_flush(const char *file, guint64 before)
 static void
 test_flush_behind(void)
 {
-  g_autofree char *uri = NULL;
   g_autofree char *file = NULL;
   g_autoptr(fm_mount) m = NULL;
   struct tl_server *server;
@@ -270,10 +277,7 @@ test_flush_behind(void)
   if (!fm_nbdfs() || !tl_require("nbdkit"))
     return;
 
-  server = fm_start_nbdkit((const char *const[]){ "memory", "4M", NULL });
-  uri = tl_server_uri(server, "");
-  m = fm_mounted((const char *const[]){ uri, NULL });
-  file = fm_path(m, "disk");
+  file = mount_memory("4M", &server, &m);
 
   before = flushes(file);
   fd = open(file, O_RDWR | O_CLOEXEC);
@@ -306,7 +310,6 @@ static void
 test_idle_memory(void)
 {
   const uint64_t total = 48 * MiB;
-  g_autofree char *uri = NULL;
   g_autofree char *file = NULL;
   g_autofree guint8 *buf = g_malloc(MiB);
   g_autoptr(fm_mount) m = NULL;
@@ -317,10 +320,7 @@ test_idle_memory(void)
   if (!fm_nbdfs() || !tl_require("nbdkit"))
     return;
 
-  server = fm_start_nbdkit((const char *const[]){ "memory", "64M", NULL });
-  uri = tl_server_uri(server, "");
-  m = fm_mounted((const char *const[]){ uri, NULL });
-  file = fm_path(m, "disk");
+  file = mount_memory("64M", &server, &m);
 
   memset(buf, 0x5a, MiB);
   fd = open(file, O_WRONLY | O_CLOEXEC);
@@ -830,7 +830,6 @@ static void
 test_seek_sparse_memory(void)
 {
   const uint64_t size = 64 * MiB;
-  g_autofree char *uri = NULL;
   g_autofree char *file = NULL;
   g_autofree guint8 *buf = g_malloc(64 * KiB);
   g_autofree guint8 *zero = g_malloc0(64 * KiB);
@@ -842,10 +841,7 @@ test_seek_sparse_memory(void)
   if (!fm_nbdfs() || !tl_require("nbdkit"))
     return;
 
-  server = fm_start_nbdkit((const char *const[]){ "memory", "64M", NULL });
-  uri = tl_server_uri(server, "");
-  m = fm_mounted((const char *const[]){ uri, NULL });
-  file = fm_path(m, "disk");
+  file = mount_memory("64M", &server, &m);
   fd = open(file, O_RDWR | O_CLOEXEC);
   g_assert_cmpint(fd, >=, 0);
 
