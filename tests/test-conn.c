@@ -175,6 +175,17 @@ slot_clear(struct slot *s)
   g_free(s->cmd.extents);
 }
 
+/* Frees the n slots of a test, its tracker and its scripted server. */
+static void
+batch_free(struct scripted *sc, struct track *tr, struct slot *slots,
+           unsigned n)
+{
+  for (unsigned i = 0; i < n; i++)
+    slot_clear(&slots[i]);
+  track_clear(tr);
+  scripted_free(sc);
+}
+
 /* ---- The server's side of transmission --------------------------------- */
 
 struct req {
@@ -511,10 +522,7 @@ test_eof_fails_all(void)
   g_assert_cmpint(tr.dead_err, ==, ECONNRESET);
   g_assert_nonnull(strstr(tr.dead_why, "closed"));
 
-  for (unsigned i = 0; i < 2; i++)
-    slot_clear(&slots[i]);
-  track_clear(&tr);
-  scripted_free(sc);
+  batch_free(sc, &tr, slots, 2);
 }
 
 /* ---- Synchronous use and block status ----------------------------------- */
@@ -780,10 +788,7 @@ test_cork_holds_until_uncork(void)
   nbd_conn_close(c, 5000);
   scripted_finish(sc);
   scripted_assert_clean(sc);
-  for (unsigned i = 0; i < 3; i++)
-    slot_clear(&slots[i]);
-  track_clear(&tr);
-  scripted_free(sc);
+  batch_free(sc, &tr, slots, 3);
 }
 
 static void
@@ -818,10 +823,7 @@ test_cork_close_sends_first(void)
   check_read_pattern(&slots[0]);
   nbd_uncork(); /* nothing is left to send: a no-op */
 
-  for (unsigned i = 0; i < 2; i++)
-    slot_clear(&slots[i]);
-  track_clear(&tr);
-  scripted_free(sc);
+  batch_free(sc, &tr, slots, 2);
 }
 
 static void
@@ -860,10 +862,7 @@ test_cork_large_in_order(void)
   check_read_pattern(&slots[1]);
   check_read_pattern(&slots[2]);
 
-  for (unsigned i = 0; i < 3; i++)
-    slot_clear(&slots[i]);
-  track_clear(&tr);
-  scripted_free(sc);
+  batch_free(sc, &tr, slots, 3);
 }
 
 /* ---- D4, D5, D6: closing --------------------------------------------- */
@@ -905,10 +904,7 @@ test_close_drains_then_disc(void)
   /* The server's close after DISC is the expected end, not a death. */
   g_assert_cmpuint(tr.dead_calls, ==, 0);
 
-  for (unsigned i = 0; i < 2; i++)
-    slot_clear(&slots[i]);
-  track_clear(&tr);
-  scripted_free(sc);
+  batch_free(sc, &tr, slots, 2);
 }
 
 static void
