@@ -740,6 +740,41 @@ check_batch(const struct slot *slots, const struct serve *serve,
   }
 }
 
+/* How many of this process's threads are connection writers, by the
+ * name conn.c gives them. */
+static unsigned
+writer_threads(void)
+{
+  g_autoptr(GDir) dir = g_dir_open("/proc/self/task", 0, NULL);
+  const char *tid;
+  unsigned n = 0;
+
+  g_assert_nonnull(dir);
+  while ((tid = g_dir_read_name(dir)) != NULL) {
+    g_autofree char *path = g_strdup_printf("/proc/self/task/%s/comm", tid);
+    g_autofree char *comm = NULL;
+
+    if (g_file_get_contents(path, &comm, NULL, NULL) &&
+        strcmp(g_strchomp(comm), "nbd-writer") == 0)
+      n++;
+  }
+  return n;
+}
+
+/* A new thread names itself as it starts: allow it a moment. */
+static bool
+wait_writer_threads(unsigned n)
+{
+  gint64 deadline = g_get_monotonic_time() + WAIT_S * G_TIME_SPAN_SECOND;
+
+  while (writer_threads() != n) {
+    if (g_get_monotonic_time() > deadline)
+      return false;
+    g_usleep(10 * G_TIME_SPAN_MILLISECOND);
+  }
+  return true;
+}
+
 static void
 check_read_pattern(const struct slot *s)
 {
@@ -849,6 +884,7 @@ test_cork_large_in_order(void)
   nbd_cork();
   g_assert_cmpint(nbd_conn_submit(c, &slots[0].cmd), ==, 0);
   nbd_uncork();
+  g_assert_true(wait_writer_threads(1));
   nbd_cork();
   g_assert_cmpint(nbd_conn_submit(c, &slots[1].cmd), ==, 0);
   nbd_uncork();
@@ -861,6 +897,7 @@ test_cork_large_in_order(void)
   check_batch(slots, &serve, 3);
   check_read_pattern(&slots[1]);
   check_read_pattern(&slots[2]);
+  g_assert_cmpuint(writer_threads(), ==, 0); /* joined by the close */
 
   batch_free(sc, &tr, slots, 3);
 }
