@@ -572,6 +572,8 @@ nbd_conn_submit(struct nbd_conn *c, struct nbd_cmd *cmd)
   cmd->n_extents = 0;
   memset(&cmd->priv, 0, sizeof cmd->priv);
   cmd->priv.start_us = g_get_monotonic_time();
+  if (cmd->sink != NULL)
+    cmd->sink->filled = false; /* a resend after a lost connection */
 
   /* X1: a fresh cookie per command; enter the table before sending, so
    * the reply can never race ahead of its entry. */

@@ -139,6 +139,16 @@ void nbd_transport_free(struct nbd_transport *t);
 const char *nbd_transport_name(const struct nbd_transport *t);
 int nbd_transport_fd(const struct nbd_transport *t);
 
+/* Whether nbd_transport_splice works: a plain socket, not TLS. */
+bool nbd_transport_can_splice(const struct nbd_transport *t);
+
+/* Moves at most len bytes from the socket into the pipe wr (O_NONBLOCK)
+ * with splice(2), waiting for at least one.  Returns the count, 0 when
+ * the pipe is full, or a negative errno: -ECONNRESET at end of stream,
+ * -ETIMEDOUT past the timeout. */
+ssize_t nbd_transport_splice(struct nbd_transport *t, int wr, size_t len,
+                             GError **error);
+
 /* ---- TLS (tls.c, certfetch.c, tls-options.c) ------------------------- */
 
 /* What the command line says about TLS credentials.  NULL or -1 means
@@ -286,6 +296,16 @@ struct nbd_extent {
 struct nbd_cmd;
 typedef void (*nbd_cmd_done_fn)(struct nbd_cmd *cmd, int err);
 
+/* A pipe that a READ's payload may be spliced into, so that the bytes
+ * never pass through user space (see nbd_cmd.sink).  Both ends must be
+ * O_NONBLOCK.  The owner may put prefix bytes in first (a header for
+ * whoever empties the pipe). */
+struct nbd_sink {
+  int rd, wr;
+  size_t prefix;
+  bool filled;               /* set: the pipe holds prefix + count bytes */
+};
+
 /* One command.  The caller owns the memory and keeps it alive until done
  * has been called, exactly once, with err 0 or a positive errno.  done
  * runs on the connection's reader thread, or on the submitting thread
@@ -296,6 +316,14 @@ struct nbd_cmd {
   uint64_t offset;
   uint32_t count;
   void *buf;                 /* READ: count bytes to fill; WRITE: source */
+
+  /* READ, optional: when the reply brings the whole payload as one piece
+   * over a plain socket, it goes into this pipe instead of buf and
+   * sink->filled is set by the time done runs.  Otherwise buf is filled
+   * as always, and the pipe holds what it held before, or nothing at all
+   * if it filled up on the way.  On an error its contents are
+   * undefined. */
+  struct nbd_sink *sink;
   nbd_cmd_done_fn done;
   void *user;
 

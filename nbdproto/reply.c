@@ -3,13 +3,16 @@
  * Every value the server sends is checked before it is used (checklist
  * V20..V35).  A violation ends the connection: the caller fails every
  * command in flight.  Read payloads go straight from the socket into the
- * caller's buffer; only headers pass through the receive buffer.
+ * caller's buffer, or into the caller's pipe (nbd_cmd.sink); only
+ * headers pass through the receive buffer.
  *
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
 #include <errno.h>
 #include <inttypes.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "reply.h"
 
@@ -116,6 +119,98 @@ take(struct nbd_reply_parser *p, void *dst, size_t n, GError **error)
     p->start += step;
     n -= step;
   }
+  return 0;
+}
+
+/* Reads exactly len bytes back out of a pipe that holds them. */
+static int
+pipe_take(struct nbd_reply_parser *p, int rd, void *dst, size_t len,
+          GError **error)
+{
+  char *d = dst;
+
+  while (len > 0) {
+    ssize_t n = read(rd, d, len);
+
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return nbd_set_error(error, n < 0 ? errno : EIO,
+                           "receive: %s: reading back a pipe: %s",
+                           nbd_transport_name(p->t),
+                           n < 0 ? g_strerror(errno) : "bytes missing");
+    d += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* The sink filled up after moved bytes of the payload: those go back
+ * from the pipe to buf, the owner's prefix is dropped, and the rest of
+ * the payload comes the usual way.  The pipe is empty after. */
+static int
+unsink(struct nbd_reply_parser *p, struct nbd_cmd *cmd, size_t moved,
+       GError **error)
+{
+  struct nbd_sink *s = cmd->sink;
+  size_t drop = s->prefix;
+  int rc;
+
+  while (drop > 0) {
+    size_t step = MIN(drop, cmd->count);
+
+    rc = pipe_take(p, s->rd, cmd->buf, step, error);
+    if (rc < 0)
+      return rc;
+    drop -= step;
+  }
+  rc = pipe_take(p, s->rd, cmd->buf, moved, error);
+  if (rc < 0)
+    return rc;
+  return take(p, (char *) cmd->buf + moved, cmd->count - moved, error);
+}
+
+/* Delivers the payload of a READ that arrives as one piece: into the
+ * command's sink when it has one that holds just its prefix and the
+ * socket is plain, else into buf.  What the receive buffer already
+ * holds goes into the pipe with a copy; the rest moves from the socket
+ * to the pipe without passing through user space. */
+static int
+take_whole(struct nbd_reply_parser *p, struct nbd_cmd *cmd, GError **error)
+{
+  struct nbd_sink *s = cmd->sink;
+  size_t moved = 0;
+  int queued = -1;
+
+  if (s == NULL || !nbd_transport_can_splice(p->t) ||
+      ioctl(s->rd, FIONREAD, &queued) < 0 || (size_t) queued != s->prefix)
+    return take(p, cmd->buf, cmd->count, error);
+
+  while (moved < cmd->count && p->start < p->end) {
+    size_t step = MIN(cmd->count - moved, p->end - p->start);
+    ssize_t n = write(s->wr, p->buf + p->start, step);
+
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno == EAGAIN)
+      return unsink(p, cmd, moved, error);
+    if (n < 0)
+      return nbd_set_error(error, errno, "receive: %s: pipe: %s",
+                           nbd_transport_name(p->t), g_strerror(errno));
+    p->start += n;
+    moved += n;
+  }
+  while (moved < cmd->count) {
+    ssize_t n = nbd_transport_splice(p->t, s->wr, cmd->count - moved,
+                                     error);
+
+    if (n < 0)
+      return n;
+    if (n == 0)
+      return unsink(p, cmd, moved, error);
+    moved += n;
+  }
+  s->filled = true;
   return 0;
 }
 
@@ -236,7 +331,7 @@ simple_reply(struct nbd_reply_parser *p, GError **error)
                            "structured mode"));
 
     /* V23: exactly the requested bytes follow. */
-    rc = take(p, cmd->buf, cmd->count, error);
+    rc = take_whole(p, cmd, error);
     if (rc < 0)
       return rc;
   }
@@ -299,6 +394,8 @@ content_chunk(struct nbd_reply_parser *p, struct nbd_cmd *cmd,
     memset((char *) cmd->buf + (off - cmd->offset), 0, size);
     return 0;
   }
+  if (off == cmd->offset && size == cmd->count)
+    return take_whole(p, cmd, error);
   return take(p, (char *) cmd->buf + (off - cmd->offset), size, error);
 }
 

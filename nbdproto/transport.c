@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <fcntl.h>
@@ -391,6 +392,58 @@ int
 nbd_transport_fd(const struct nbd_transport *t)
 {
   return t->fd;
+}
+
+bool
+nbd_transport_can_splice(const struct nbd_transport *t)
+{
+  return t->ops == &plain_ops;
+}
+
+/* SPLICE_F_NONBLOCK covers both ends, so EAGAIN means the socket is
+ * empty or the pipe is full.  The socket tells which: bytes waiting in
+ * it mean the pipe had no room.  Waiting happens in poll(), where the
+ * timeout is enforced by hand, since SO_RCVTIMEO does not apply. */
+ssize_t
+nbd_transport_splice(struct nbd_transport *t, int wr, size_t len,
+                     GError **error)
+{
+  struct pollfd pfd = { .fd = t->fd, .events = POLLIN };
+  int timeout = t->timeout_ms > 0 ? (int) t->timeout_ms : -1;
+  unsigned full = 0;
+
+  for (;;) {
+    ssize_t n = splice(t->fd, NULL, wr, NULL, len,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    int queued = 0;
+
+    if (n > 0)
+      return n;
+    if (n == 0)
+      return nbd_set_error(error, ECONNRESET,
+                           "receive: %s: server closed the connection",
+                           t->name);
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN)
+      return nbd_set_error(error, errno, "receive: %s: splice: %s",
+                           t->name, g_strerror(errno));
+
+    /* Bytes may arrive between the splice and the check: only a second
+     * refusal with bytes waiting means the pipe is full. */
+    if (ioctl(t->fd, FIONREAD, &queued) == 0 && queued > 0) {
+      if (++full == 2)
+        return 0;
+      continue;
+    }
+    n = poll(&pfd, 1, timeout);
+    if (n == 0)
+      return nbd_set_error(error, ETIMEDOUT, "receive: %s: the server did "
+                           "not answer in time", t->name);
+    if (n < 0 && errno != EINTR)
+      return nbd_set_error(error, errno, "receive: %s: poll: %s", t->name,
+                           g_strerror(errno));
+  }
 }
 
 char *

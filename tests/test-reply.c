@@ -10,7 +10,10 @@
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "reply.h"
 #include "scripted.h"
@@ -1139,6 +1142,142 @@ run_case(gconstpointer opaque)
   fake_clear(&f);
 }
 
+/* ---- Payloads spliced into a pipe (nbd_cmd.sink) ----------------------- */
+
+#define PREFIX "header!"
+
+struct sink_case {
+  const char *path;
+  void (*bytes)(GByteArray *b);
+  bool simple;
+  int pipe_size;             /* F_SETPIPE_SZ */
+  bool stale;                /* the pipe holds a byte more than its prefix */
+  bool filled;               /* the payload must end up in the pipe */
+  bool emptied;              /* the pipe filled up and gave back all */
+};
+
+static void
+b_big_whole(GByteArray *b)
+{
+  data(b, DONE, BIG, 65536, 262144);
+}
+
+static void
+b_big_halves(GByteArray *b)
+{
+  data(b, 0, BIG, 65536, 131072);
+  data(b, DONE, BIG, 65536 + 131072, 131072);
+}
+
+static size_t
+pipe_queued(int fd)
+{
+  int n = -1;
+
+  g_assert_cmpint(ioctl(fd, FIONREAD, &n), ==, 0);
+  return n;
+}
+
+/* Reads exactly len bytes out of the pipe. */
+static void
+pipe_read(int fd, void *buf, size_t len)
+{
+  g_assert_cmpuint(pipe_queued(fd), >=, len);
+  g_assert_cmpint(read(fd, buf, len), ==, (ssize_t) len);
+}
+
+/* BIG has a sink; the reply goes into the pipe only when it comes whole,
+ * over a socket, into a pipe that holds just its prefix.  Otherwise buf
+ * gets the bytes, and the pipe keeps what it had (or, when it filled up
+ * on the way, gives everything back and ends empty). */
+static void
+run_sink_case(gconstpointer opaque)
+{
+  const struct sink_case *c = opaque;
+  g_autoptr(GByteArray) b = g_byte_array_new();
+  struct nbd_export_info info = {
+    .size = EXPORT,
+    .structured = !c->simple,
+  };
+  g_autofree uint8_t *got = g_malloc(262144);
+  g_autofree uint8_t *want = g_malloc(262144);
+  char prefix[sizeof PREFIX];
+  struct nbd_reply_parser p;
+  struct scripted_feed *feed;
+  struct nbd_transport *t;
+  struct nbd_sink sink = { .prefix = strlen(PREFIX) };
+  GError *error = NULL;
+  struct fake f;
+  int fds[2], rc;
+
+  g_assert_cmpint(pipe2(fds, O_NONBLOCK | O_CLOEXEC), ==, 0);
+  g_assert_cmpint(fcntl(fds[1], F_SETPIPE_SZ, c->pipe_size), >=, 0);
+  sink.rd = fds[0];
+  sink.wr = fds[1];
+  g_assert_cmpint(write(sink.wr, PREFIX, sink.prefix), ==, sink.prefix);
+  if (c->stale)
+    g_assert_cmpint(write(sink.wr, "x", 1), ==, 1);
+
+  c->bytes(b);
+  fake_init(&f);
+  f.cmds[BIG].sink = &sink;
+  t = scripted_feed_new(b->data, b->len, &feed);
+  nbd_reply_parser_init(&p, t, &info);
+  p.lookup = fake_lookup;
+  p.retire = fake_retire;
+  p.opaque = &f;
+  do
+    rc = nbd_reply_parse_one(&p, &error);
+  while (rc == 0);
+  g_assert_cmpint(rc, ==, -ECONNRESET);
+  g_clear_error(&error);
+  g_assert_cmpint(f.retired[BIG], ==, 1);
+  g_assert_cmpint(f.err[BIG], ==, 0);
+  g_assert_cmpint(sink.filled, ==, c->filled);
+
+  sc_pattern(want, 65536, 262144);
+  if (c->filled) {
+    /* The prefix, then the payload; buf untouched. */
+    g_assert_cmpuint(pipe_queued(sink.rd), ==, sink.prefix + 262144);
+    pipe_read(sink.rd, prefix, sink.prefix);
+    g_assert_cmpmem(prefix, sink.prefix, PREFIX, sink.prefix);
+    pipe_read(sink.rd, got, 262144);
+    g_assert_cmpmem(got, 262144, want, 262144);
+    g_assert_cmpuint(((uint8_t *) f.cmds[BIG].buf)[0], ==, 0xaa);
+  } else {
+    assert_pattern(&f.cmds[BIG], 65536, 262144);
+    if (c->emptied)
+      g_assert_cmpuint(pipe_queued(sink.rd), ==, 0);
+    else
+      g_assert_cmpuint(pipe_queued(sink.rd), ==, sink.prefix + c->stale);
+  }
+
+  nbd_reply_parser_clear(&p);
+  nbd_transport_free(t);
+  scripted_feed_free(feed);
+  fake_clear(&f);
+  close(sink.rd);
+  close(sink.wr);
+}
+
+#define MIB (1024 * 1024)
+
+static const struct sink_case sink_cases[] = {
+  { "/reply/sink/structured-whole", b_big_whole, .pipe_size = MIB,
+    .filled = true },
+  { "/reply/sink/simple-whole", b_simple_big_read, .simple = true,
+    .pipe_size = MIB, .filled = true },
+  { "/reply/sink/two-chunks-go-to-buf", b_big_halves, .pipe_size = MIB },
+  { "/reply/sink/stale-pipe-goes-to-buf", b_big_whole, .pipe_size = MIB,
+    .stale = true },
+  /* One page: the buffered start of the payload overflows it. */
+  { "/reply/sink/full-pipe-gives-back", b_big_whole, .pipe_size = 4096,
+    .emptied = true },
+  /* Room for the buffered start, not for what the splice brings. */
+  { "/reply/sink/full-pipe-during-splice", b_big_whole,
+    .pipe_size = 128 * 1024, .emptied = true },
+};
+
 int
 main(int argc, char **argv)
 {
@@ -1146,5 +1285,8 @@ main(int argc, char **argv)
 
   for (size_t i = 0; i < G_N_ELEMENTS(cases); i++)
     g_test_add_data_func(cases[i].path, &cases[i], run_case);
+  for (size_t i = 0; i < G_N_ELEMENTS(sink_cases); i++)
+    g_test_add_data_func(sink_cases[i].path, &sink_cases[i],
+                         run_sink_case);
   return g_test_run();
 }
