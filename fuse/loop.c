@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fuse.h>
 #include <malloc.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -165,6 +166,25 @@ loop_take_payload(const void *data, size_t size)
   bytes = g_bytes_new_with_free_func(data, size, free, b->mem);
   b->mem = NULL;
   return bytes;
+}
+
+uint64_t
+loop_read_unique(void)
+{
+  const struct fuse_buf *b = loop_buf;
+  const struct fuse_in_header *in;
+
+  if (b == NULL || b->mem == NULL || (b->flags & FUSE_BUF_IS_FD) ||
+      b->size < sizeof *in)
+    return 0;
+  in = b->mem;
+  return in->opcode == FUSE_READ ? in->unique : 0;
+}
+
+int
+loop_fuse_fd(void)
+{
+  return fuse_session_fd(loop_se);
 }
 
 int

@@ -62,6 +62,7 @@ struct stats {
   uint64_t commands[STATS_TYPES];
   uint64_t bytes[STATS_TYPES];
   uint64_t errors;
+  uint64_t spliced;        /* read replies moved by splice (splice.c) */
   uint64_t latency[STATS_BUCKETS];
   uint64_t samples;
 };
@@ -71,8 +72,8 @@ struct stats {
 void stats_record(struct stats *st, uint16_t type, uint32_t bytes, int err,
                   gint64 us);
 
-/* Appends one line: "read=N/BYTESB write=... errors=N reconnects=N
- * inflight=N latency_us_p50<N p90<N p99<N". */
+/* Appends one line: "read=N/BYTESB write=... errors=N spliced=N
+ * reconnects=N inflight=N latency_us_p50<N p90<N p99<N". */
 void stats_format(const struct stats *st, unsigned inflight,
                   unsigned reconnects, GString *out);
 
@@ -162,6 +163,11 @@ void sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
                   uint64_t len, GBytes *data, bool fua, int whence,
                   op_done_fn done, void *user);
 
+/* A read like sched_submit's, whose reply may go into sink (nbd_cmd.sink)
+ * when it comes from the server in one piece. */
+void sched_read(struct sched *s, uint64_t off, uint64_t len,
+                struct nbd_sink *sink, op_done_fn done, void *user);
+
 /* Waits until nothing is in flight, then sends a FLUSH if any write
  * happened since the last one.  Returns 0 or a positive errno. */
 int sched_drain(struct sched *s);
@@ -237,5 +243,25 @@ void loop_finish(void);
  * a large one keeps the buffer the loop read it into, a small one is
  * copied. */
 GBytes *loop_take_payload(const void *data, size_t size);
+
+/* The kernel's unique id of the FUSE_READ being handled, or 0 when the
+ * request is something else or its buffer is not at hand. */
+uint64_t loop_read_unique(void);
+
+/* The session's /dev/fuse descriptor. */
+int loop_fuse_fd(void);
+
+/* ---- splice.c: large read replies through a pipe ---------------------- */
+
+/* A sink (nbd_cmd.sink) for the reply to the read req being handled,
+ * whose payload will be len bytes, with the reply's header already in
+ * it; or NULL when none is to be had. */
+struct nbd_sink *splice_sink_new(fuse_req_t req, size_t len);
+
+/* Answers the read of a sink from splice_sink_new: from the pipe when
+ * the payload went there, else with err or data as fuse_reply_err and
+ * fuse_reply_buf would.  Releases the sink. */
+void splice_reply(struct nbd_sink *sink, int err, const void *data,
+                  size_t len);
 
 #endif /* NBDFS_NBDFS_H */

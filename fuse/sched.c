@@ -98,6 +98,7 @@ struct op {
   const uint8_t *wbuf;
   GBytes *wdata;            /* owns wbuf; the replay log may share it */
   uint8_t *rbuf;            /* reads: the bytes of [lo, hi) */
+  struct nbd_sink *sink;    /* reads: where a whole reply may go */
   bool fua;
   int whence;
   op_done_fn done;
@@ -353,6 +354,9 @@ plan_main(struct op *op, GPtrArray *out)
       uint32_t n = MIN(left, s->max_io);
 
       pc = piece_new(op, NBD_CMD_READ, 0, pos, n, op->rbuf + (pos - op->lo));
+      /* A sink takes the reply to exactly the bytes asked for. */
+      if (pos == op->off && n == op->len)
+        pc->cmd.sink = op->sink;
     } else if (op->kind == OP_WRITE) {
       uint32_t n = MIN(left, s->max_io);
 
@@ -639,6 +643,8 @@ piece_done(struct nbd_cmd *cmd, int err)
   g_mutex_lock(&s->lock);
   stats_record(&s->stats, cmd->type, cmd->count, err,
                g_get_monotonic_time() - cmd->priv.start_us);
+  if (err == 0 && cmd->sink != NULL && cmd->sink->filled)
+    s->stats.spliced++;
   op->inflight--;
   if (op->kind == OP_SEEK)
     seek_scan(op, cmd, err);
@@ -809,32 +815,33 @@ prepare(struct sched *s, struct op *op)
   return EINVAL;
 }
 
-void
-sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
-             uint64_t len, GBytes *data, bool fua, int whence,
-             op_done_fn done, void *user)
+static struct op *
+op_new(struct sched *s, enum op_kind kind, uint64_t off, uint64_t len,
+       op_done_fn done, void *user)
 {
   struct op *op = g_new0(struct op, 1);
-  bool start;
-  int err;
 
   op->s = s;
   op->kind = kind;
   op->off = off;
   op->len = len;
-  op->wdata = data;
-  op->wbuf = data ? g_bytes_get_data(data, NULL) : NULL;
-  op->fua = fua;
-  op->whence = whence;
   op->done = done;
   op->user = user;
   op->link.data = op;
+  return op;
+}
+
+static void
+op_submit(struct sched *s, struct op *op)
+{
+  bool start;
+  int err;
 
   g_mutex_lock(&s->lock);
   err = prepare(s, op);
   if (err != 0) {
     g_mutex_unlock(&s->lock);
-    done(op, err, NULL, 0, user);
+    op->done(op, err, NULL, 0, op->user);
     op_free(op);
     return;
   }
@@ -846,6 +853,30 @@ sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
 
   if (start)
     advance(op);
+}
+
+void
+sched_submit(struct sched *s, enum op_kind kind, uint64_t off,
+             uint64_t len, GBytes *data, bool fua, int whence,
+             op_done_fn done, void *user)
+{
+  struct op *op = op_new(s, kind, off, len, done, user);
+
+  op->wdata = data;
+  op->wbuf = data ? g_bytes_get_data(data, NULL) : NULL;
+  op->fua = fua;
+  op->whence = whence;
+  op_submit(s, op);
+}
+
+void
+sched_read(struct sched *s, uint64_t off, uint64_t len,
+           struct nbd_sink *sink, op_done_fn done, void *user)
+{
+  struct op *op = op_new(s, OP_READ, off, len, done, user);
+
+  op->sink = sink;
+  op_submit(s, op);
 }
 
 struct drain_wait {

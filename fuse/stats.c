@@ -62,10 +62,11 @@ stats_format(const struct stats *st, unsigned inflight, unsigned reconnects,
                            shown[i].name, st->commands[shown[i].type],
                            st->bytes[shown[i].type]);
   g_string_append_printf(out,
-                         "errors=%" PRIu64 " reconnects=%u inflight=%u "
+                         "errors=%" PRIu64 " spliced=%" PRIu64
+                         " reconnects=%u inflight=%u "
                          "latency_us_p50<%" PRIu64 " p90<%" PRIu64
                          " p99<%" PRIu64,
-                         st->errors, reconnects, inflight,
+                         st->errors, st->spliced, reconnects, inflight,
                          percentile(st, 500), percentile(st, 900),
                          percentile(st, 990));
 }

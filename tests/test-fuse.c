@@ -239,6 +239,68 @@ test_stats(void)
   tl_server_stop(server);
 }
 
+/* Read replies of 128 KiB and more go from the socket to the kernel
+ * through a pipe (fuse/splice.c).  Their bytes are the image's, also
+ * for a read that the end of the export cuts short; user.nbd.stats
+ * counts each of them, and a small read goes the usual way. */
+static void
+test_splice(void)
+{
+  static const struct {
+    uint64_t off;
+    size_t len, got;
+    bool spliced;
+  } reads[] = {
+    { 0, 1 * MiB, 1 * MiB, true },
+    { 3 * 4096, 256 * 1024, 256 * 1024, true },
+    { 4 * MiB - 512 * 1024, 1 * MiB, 512 * 1024, true },
+    { 8192, 4096, 4096, false },
+  };
+  g_autofree char *img = NULL;
+  g_autofree char *uri = NULL;
+  g_autofree char *file = NULL;
+  g_autofree char *before = NULL;
+  g_autofree char *after = NULL;
+  g_autoptr(fm_mount) m = NULL;
+  struct tl_server *server;
+  guint64 want = 0;
+  void *buf;
+  int fd;
+
+  if (!fm_nbdfs() || !tl_require("nbdkit"))
+    return;
+
+  img = tl_make_file("splice.img", 4 * MiB, 21);
+  server = fm_start_nbdkit((const char *const[]){ "file", img, NULL });
+  uri = tl_server_uri(server, "");
+  m = fm_mounted((const char *const[]){ uri, NULL });
+  file = fm_path(m, "disk");
+  before = fm_get_xattr(file, "user.nbd.stats");
+  g_assert_nonnull(before);
+
+  fd = open(file, O_RDONLY | O_DIRECT | O_CLOEXEC);
+  g_assert_cmpint(fd, >=, 0);
+  g_assert_cmpint(posix_memalign(&buf, 4096, 1 * MiB), ==, 0);
+  for (size_t i = 0; i < G_N_ELEMENTS(reads); i++) {
+    g_autofree guint8 *image = NULL;
+
+    memset(buf, 0, 1 * MiB);
+    g_assert_cmpint(pread(fd, buf, reads[i].len, reads[i].off), ==,
+                    reads[i].got);
+    image = fm_read_range(img, reads[i].off, reads[i].got);
+    fm_assert_bytes(buf, image, reads[i].got, reads[i].off, "read");
+    want += reads[i].spliced;
+  }
+  free(buf);
+  close(fd);
+
+  after = fm_get_xattr(file, "user.nbd.stats");
+  g_assert_cmpuint(stat_count(after, "spliced"), ==,
+                   stat_count(before, "spliced") + want);
+  g_assert_cmpint(fm_unmount(m, NULL), ==, 0);
+  tl_server_stop(server);
+}
+
 /* The flush count in the export's user.nbd.stats. */
 static guint64
 flushes(const char *file)
@@ -1039,6 +1101,7 @@ main(int argc, char **argv)
                        test_truncate_refused);
   g_test_add_func("/fuse/file/xattrs", test_xattrs);
   g_test_add_func("/fuse/file/stats", test_stats);
+  g_test_add_func("/fuse/file/splice", test_splice);
   g_test_add_func("/fuse/file/flush-behind", test_flush_behind);
   if (g_getenv("ASAN_OPTIONS") == NULL) /* as test-load.c tells */
     g_test_add_func("/fuse/file/idle-memory", test_idle_memory);
