@@ -1084,6 +1084,21 @@ static const struct rp_case cases[] = {
 
 /* ---- The runner -------------------------------------------------------- */
 
+/* A parser over the canned bytes b, with f's commands in flight. */
+static struct nbd_transport *
+parser_start(struct nbd_reply_parser *p, struct fake *f, GByteArray *b,
+             const struct nbd_export_info *info,
+             struct scripted_feed **feed)
+{
+  struct nbd_transport *t = scripted_feed_new(b->data, b->len, feed);
+
+  nbd_reply_parser_init(p, t, info);
+  p->lookup = fake_lookup;
+  p->retire = fake_retire;
+  p->opaque = f;
+  return t;
+}
+
 static void
 run_case(gconstpointer opaque)
 {
@@ -1105,11 +1120,7 @@ run_case(gconstpointer opaque)
 
   c->bytes(b);
   fake_init(&f);
-  t = scripted_feed_new(b->data, b->len, &feed);
-  nbd_reply_parser_init(&p, t, &info);
-  p.lookup = fake_lookup;
-  p.retire = fake_retire;
-  p.opaque = &f;
+  t = parser_start(&p, &f, b, &info, &feed);
 
   /* Every reply or chunk needs at least 16 bytes, so a parser that
    * returns 0 more often than that is not moving. */
@@ -1221,11 +1232,7 @@ run_sink_case(gconstpointer opaque)
   c->bytes(b);
   fake_init(&f);
   f.cmds[BIG].sink = &sink;
-  t = scripted_feed_new(b->data, b->len, &feed);
-  nbd_reply_parser_init(&p, t, &info);
-  p.lookup = fake_lookup;
-  p.retire = fake_retire;
-  p.opaque = &f;
+  t = parser_start(&p, &f, b, &info, &feed);
   do
     rc = nbd_reply_parse_one(&p, &error);
   while (rc == 0);
