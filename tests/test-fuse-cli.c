@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -179,6 +180,7 @@ test_cli_usage(void)
     (const char *const[]){ NULL },
     (const char *const[]){ "--cache=bogus", uri, NULL },
     (const char *const[]){ "--tls=maybe", uri, NULL },
+    (const char *const[]){ "--sched=fifo", uri, NULL },
     (const char *const[]){ "-C", "-1", uri, NULL },
     (const char *const[]){ "--no-such-option", uri, NULL },
     (const char *const[]){ "-o", "no_such_mount_option", uri, NULL },
@@ -317,6 +319,85 @@ test_cli_names(void)
   tl_server_stop(server);
 }
 
+/* The scheduling policy of every thread of process PID, or -1 when the
+ * threads disagree.  The threads that serve I/O start after the mount
+ * is ready, so they are there to be counted. */
+static int
+thread_policy(pid_t pid, unsigned *threads)
+{
+  g_autofree char *dir = g_strdup_printf("/proc/%d/task", (int)pid);
+  g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+  const char *tid;
+  int policy = -2;
+
+  g_assert_nonnull(d);
+  *threads = 0;
+  while ((tid = g_dir_read_name(d)) != NULL) {
+    int p = sched_getscheduler((pid_t)atoi(tid));
+
+    g_assert_cmpint(p, >=, 0);
+    if (policy != -2 && p != policy)
+      return -1;
+    policy = p;
+    (*threads)++;
+  }
+  return policy;
+}
+
+/* Every thread of the daemon runs SCHED_BATCH unless --sched=normal (or
+ * -o sched=normal) asks for the default policy, and the choice holds for
+ * the threads started to serve I/O. */
+static void
+test_cli_sched(void)
+{
+  g_autofree char *img = NULL;
+  g_autofree char *uri = NULL;
+  struct tl_server *server;
+  struct {
+    const char *opt1, *opt2;
+    int want;
+  } cases[] = {
+    { NULL, NULL, SCHED_BATCH },
+    { "--sched=batch", NULL, SCHED_BATCH },
+    { "--sched=normal", NULL, SCHED_OTHER },
+    { "-o", "sched=normal", SCHED_OTHER },
+  };
+
+  if (!fm_nbdfs() || !tl_require("nbdkit"))
+    return;
+
+  img = tl_make_file("sched.img", 4 * MiB, 4);
+  server = fm_start_nbdkit((const char *const[]){ "file", img, NULL });
+  uri = tl_server_uri(server, "");
+
+  for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+    const char *args[4] = { uri, NULL };
+    g_autoptr(fm_mount) m = fm_new((uid_t)-1);
+    g_autofree char *file = NULL;
+    g_autofree guint8 *got = NULL;
+    g_autofree guint8 *want = NULL;
+    unsigned threads;
+
+    if (cases[i].opt1 != NULL) {
+      args[0] = cases[i].opt1;
+      args[1] = cases[i].opt2 != NULL ? cases[i].opt2 : uri;
+      args[2] = cases[i].opt2 != NULL ? uri : NULL;
+    }
+    g_assert_cmpint(fm_start(m, NULL, args), ==, 0);
+
+    /* I/O first: readers and the scheduler's worker exist by now. */
+    file = fm_path(m, "disk");
+    got = fm_read_range(file, 0, 4 * MiB);
+    want = fm_read_range(img, 0, 4 * MiB);
+    fm_assert_bytes(got, want, 4 * MiB, 0, "disk");
+
+    g_assert_cmpint(thread_policy(m->daemon, &threads), ==, cases[i].want);
+    g_assert_cmpuint(threads, >=, 3);
+    g_assert_cmpint(fm_unmount(m, NULL), ==, 0);
+  }
+  tl_server_stop(server);
+}
+
 /* ---- Read-only ---- */
 
 /* A read-only file: mode 0444, opens for writing fail with EROFS (O9),
@@ -445,6 +526,7 @@ main(int argc, char **argv)
   g_test_add_func("/fuse/cli/usage", test_cli_usage);
   g_test_add_func("/fuse/cli/bad-mountpoint", test_cli_bad_mountpoint);
   g_test_add_func("/fuse/cli/names", test_cli_names);
+  g_test_add_func("/fuse/cli/sched", test_cli_sched);
   g_test_add_func("/fuse/readonly/option", test_readonly_option);
   g_test_add_func("/fuse/readonly/nbdkit-export",
                   test_readonly_export_nbdkit);
