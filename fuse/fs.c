@@ -19,10 +19,10 @@
 #include <linux/falloc.h>
 
 #include "nbdfs.h"
+#include "conn-settings.h"
 
 #define ROOT_INO 1
 #define ATTR_TIMEOUT 60.0
-#define MAX_IO (1024 * 1024)
 #define SPLICE_MIN (128 * 1024)  /* smallest read reply worth a splice */
 #define XATTR_PREFIX "user.nbd."
 
@@ -80,18 +80,7 @@ fs_init(void *userdata, struct fuse_conn_info *conn)
 {
   struct fs *fs = userdata;
 
-  /* Deep queues: the kernel may keep many requests in flight, and each
-   * may be 1 MiB; the scheduler splits them to the server's limits. */
-  conn->max_write = MAX_IO;
-  conn->max_readahead = MAX_IO;
-  conn->max_background = 128;
-  conn->congestion_threshold = 96;
-
-  if (conn->capable & FUSE_CAP_ASYNC_DIO)
-    conn->want |= FUSE_CAP_ASYNC_DIO;
-  if (conn->capable & FUSE_CAP_ASYNC_READ)
-    conn->want |= FUSE_CAP_ASYNC_READ;
-  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  conn_settings(conn);
 
   /* O_TRUNC arrives with open instead of as a truncate, so that it can
    * be ignored as a block device ignores it: cp onto the file works.

@@ -7,7 +7,8 @@
  * /dev/fuse.  What fio measures through it is therefore the kernel's
  * FUSE round trip alone: the floor under any FUSE client on this
  * machine, nbdfs included.  It asks the kernel for the settings that
- * nbdfs asks for (fuse/fs.c, fs_init), so that both pay the same path.
+ * nbdfs asks for (fuse/conn-settings.h), so that both pay the same
+ * path.
  *
  * Runs in the foreground until unmounted or sent SIGINT or SIGTERM.
  * Exit status: 0 after an unmount, 1 when it cannot mount, 2 for bad
@@ -28,10 +29,11 @@
 
 #include <fuse_lowlevel.h>
 
+#include "conn-settings.h"
+
 #define FILE_INO 2
 #define FILE_NAME "disk"
 #define FILE_SIZE (1024LL * 1024 * 1024)
-#define MAX_IO (1024 * 1024) /* as fuse/fs.c */
 
 /* Every read is answered from these zeros. */
 static const char zeros[MAX_IO];
@@ -58,15 +60,7 @@ fill_attr(fuse_ino_t ino, struct stat *st)
 static void
 null_init(void *userdata, struct fuse_conn_info *conn)
 {
-  conn->max_write = MAX_IO;
-  conn->max_readahead = MAX_IO;
-  conn->max_background = 128;
-  conn->congestion_threshold = 96;
-  if (conn->capable & FUSE_CAP_ASYNC_DIO)
-    conn->want |= FUSE_CAP_ASYNC_DIO;
-  if (conn->capable & FUSE_CAP_ASYNC_READ)
-    conn->want |= FUSE_CAP_ASYNC_READ;
-  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  conn_settings(conn);
 }
 
 static void
