@@ -546,10 +546,11 @@ parse_sched(GError **error)
  * waking the next; under the normal policy each wakeup may preempt the
  * waker on its way to sleep, which costs two context switches for
  * nothing.  A batch thread that is woken waits for the running task to
- * block or use up its slice instead.  Measured in paired runs: 4 KiB
- * random reads 1.10x the IOPS at iodepth 32 and 1.23x at iodepth 1,
- * with 0.91x and 0.62x the CPU (docs/performance.md).  Needs no
- * privilege; a refusal leaves the normal policy. */
+ * block or use up its slice instead.  Measured build against build in
+ * both run orders: 4 KiB random reads at iodepth 1 1.30x and 1.29x the
+ * IOPS with about 0.6x the CPU, 1 MiB reads 1.1x, the rest 0.99x to
+ * 1.11x (docs/performance.md).  Needs no privilege; a refusal leaves
+ * the normal policy. */
 static void
 set_sched(void)
 {
