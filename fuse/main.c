@@ -47,6 +47,7 @@ static char *opt_name;
 static char *opt_cache;
 static char *opt_tls;
 static char *opt_sched;
+static bool sched_batch = true; /* --sched, once parsed */
 static struct nbd_tls_settings tls_settings; /* the --tls-* options */
 
 static GOptionEntry entries[] = {
@@ -533,9 +534,12 @@ parse_cache(struct fs *fs, GError **error)
 static int
 parse_sched(GError **error)
 {
-  if (opt_sched == NULL || strcmp(opt_sched, "batch") == 0 ||
-      strcmp(opt_sched, "normal") == 0)
+  if (opt_sched == NULL || strcmp(opt_sched, "batch") == 0)
     return 0;
+  if (strcmp(opt_sched, "normal") == 0) {
+    sched_batch = false;
+    return 0;
+  }
   return nbd_set_error(error, EINVAL, "parse options: --sched=%s: expected "
                        "batch or normal", opt_sched);
 }
@@ -556,7 +560,7 @@ set_sched(void)
 {
   struct sched_param sp = { 0 };
 
-  if (opt_sched != NULL && strcmp(opt_sched, "normal") == 0)
+  if (!sched_batch)
     return;
   if (sched_setscheduler(0, SCHED_BATCH, &sp) < 0)
     log_warning("start: scheduling policy SCHED_BATCH: %s; the normal "
